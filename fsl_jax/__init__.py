@@ -1,0 +1,25 @@
+"""fsl_jax: few-shot and meta-learning in JAX.
+
+Everything a user needs is importable from here::
+
+    import fsl_jax as fj
+    learner = fj.maml(fj.models.Conv4(num_classes=5), "xent", inner_lr=0.4, inner_steps=5)
+    step = fj.make_meta_step(learner, optax.adam(1e-3))
+"""
+
+from fsl_jax import data, models, parallel
+from fsl_jax.checkpoint import latest_step, restore_checkpoint, save_checkpoint
+from fsl_jax.evaluate import EvalResult, evaluate
+from fsl_jax.learners import Learner, anil, maml, meta_loss, meta_sgd, reptile
+from fsl_jax.report import mean_ci
+from fsl_jax.tasks import Task, task_at, validate_task
+from fsl_jax.train import History, NonFiniteError, TrainState, make_meta_step, meta_train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EvalResult", "History", "Learner", "NonFiniteError", "Task", "TrainState",
+    "anil", "data", "evaluate", "latest_step", "make_meta_step", "maml", "mean_ci", "meta_loss", "meta_sgd",
+    "meta_train", "models", "parallel", "reptile", "restore_checkpoint", "save_checkpoint", "task_at",
+    "validate_task",
+]

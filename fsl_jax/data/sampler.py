@@ -1,0 +1,206 @@
+"""N-way K-shot episode samplers over class-indexed data.
+
+* :class:`DeviceSampler` keeps the whole ``[classes, per_class, ...]`` array on the device and samples episodes with
+  ``jax.random`` inside ``jit`` (so a meta-step never waits for the host).
+* :class:`HostSampler` does the same with numpy, for ragged classes or data that does not fit on the device.
+
+Both produce the same distribution: ``ways`` distinct classes in random order, labelled ``0..ways-1``; for each
+class ``shots + queries`` distinct examples, the first ``shots`` in the support set, the rest in the query set.
+Support and query examples are grouped by label (``support_y = [0]*shots + [1]*shots + ...``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fsl_jax.tasks import Task
+
+
+def _check_count(name: str, value: Any, minimum: int = 1) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_episode(ways: Any, shots: Any, queries: Any, num_classes: int, per_class: int) -> tuple[int, int, int]:
+    ways = _check_count("ways", ways)
+    shots = _check_count("shots", shots)
+    queries = _check_count("queries", queries)
+    if ways > num_classes:
+        raise ValueError(f"ways={ways} exceeds the {num_classes} classes in data")
+    if shots + queries > per_class:
+        raise ValueError(
+            f"shots + queries = {shots} + {queries} = {shots + queries} exceeds the {per_class} examples per class"
+        )
+    return ways, shots, queries
+
+
+def _labels(ways: int, count: int) -> np.ndarray:
+    return np.repeat(np.arange(ways, dtype=np.int32), count)
+
+
+def _as_float(x: Any, dtype: Any) -> Any:
+    """uint8 images become ``dtype`` in [0, 1]; other data is cast to ``dtype``."""
+    if x.dtype == jnp.uint8:
+        return x.astype(dtype) / 255.0
+    return x.astype(dtype)
+
+
+class DeviceSampler:
+    """Samples N-way K-shot episodes on the device, inside ``jit``.
+
+    Args:
+      data: ``[classes, per_class, *feature_shape]`` array (numpy or jax). uint8 data is kept as uint8 on the
+        device (4x less memory) and converted to ``dtype`` in ``[0, 1]`` per episode.
+      ways: classes per task (N).
+      shots: support examples per class (K).
+      queries: query examples per class.
+      dtype: the dtype of sampled inputs.
+
+    Raises:
+      ValueError: a wrong rank, ``ways`` above the number of classes, or ``shots + queries`` above the examples per
+        class.
+
+    Example:
+      >>> import jax, numpy as np, fsl_jax as fj
+      >>> data = np.random.rand(20, 30, 8).astype(np.float32)        # 20 classes x 30 examples x 8 features
+      >>> sampler = fj.data.DeviceSampler(data, ways=5, shots=1, queries=15)
+      >>> tasks = jax.jit(sampler.sample, static_argnums=1)(jax.random.key(0), 32)
+      >>> tasks.support_x.shape, tasks.query_y.shape
+      ((32, 5, 8), (32, 75))
+    """
+
+    def __init__(self, data: Any, ways: int, shots: int, queries: int, dtype: Any = jnp.float32):
+        shape = np.shape(data)
+        if len(shape) < 3:
+            raise ValueError(
+                f"data must have shape [classes, per_class, *features] (rank >= 3), got rank {len(shape)} shape {shape}"
+            )
+        self.ways, self.shots, self.queries = _check_episode(ways, shots, queries, shape[0], shape[1])
+        self.data = jnp.asarray(data)
+        self.dtype = dtype
+        self.num_classes, self.per_class = int(shape[0]), int(shape[1])
+        self.feature_shape = tuple(shape[2:])
+
+    def sample_one(self, key: jax.Array) -> Task:
+        """One unbatched task (jittable)."""
+        k_class, k_example = jax.random.split(key)
+        classes = jax.random.choice(k_class, self.num_classes, (self.ways,), replace=False)
+        keys = jax.random.split(k_example, self.ways)
+        count = self.shots + self.queries
+        idx = jax.vmap(lambda k: jax.random.choice(k, self.per_class, (count,), replace=False))(keys)
+        x = _as_float(self.data[classes[:, None], idx], self.dtype)  # [ways, count, *features]
+        support_x = x[:, : self.shots].reshape((self.ways * self.shots, *self.feature_shape))
+        query_x = x[:, self.shots :].reshape((self.ways * self.queries, *self.feature_shape))
+        return Task(
+            support_x,
+            jnp.asarray(_labels(self.ways, self.shots)),
+            query_x,
+            jnp.asarray(_labels(self.ways, self.queries)),
+        )
+
+    def sample(self, key: jax.Array, num_tasks: int) -> Task:
+        """A batch of ``num_tasks`` tasks with a leading task axis (jittable; ``num_tasks`` must be static)."""
+        _check_count("num_tasks", num_tasks)
+        return jax.vmap(self.sample_one)(jax.random.split(key, num_tasks))
+
+    def __repr__(self) -> str:
+        return (
+            f"DeviceSampler(classes={self.num_classes}, per_class={self.per_class}, features={self.feature_shape}, "
+            f"ways={self.ways}, shots={self.shots}, queries={self.queries})"
+        )
+
+
+class HostSampler:
+    """Samples N-way K-shot episodes with numpy on the host.
+
+    Use it for ragged classes (a list of per-class arrays with different counts) or for data too large for the
+    device. Episodes are deterministic in ``(seed, index)``: ``sample(num_tasks, index=i)`` always returns the same
+    batch, which is what makes a resumed run sample exactly what an uninterrupted one would.
+
+    Args:
+      data: ``[classes, per_class, *features]`` array, or a sequence of per-class arrays ``[count_c, *features]``.
+      ways, shots, queries: as in :class:`DeviceSampler`.
+      seed: the base seed.
+      dtype: the numpy dtype of sampled inputs (uint8 data is scaled to [0, 1]).
+
+    Example:
+      >>> import numpy as np, fsl_jax as fj
+      >>> classes = [np.random.rand(n, 4).astype(np.float32) for n in (20, 25, 30, 22, 40, 21)]
+      >>> sampler = fj.data.HostSampler(classes, ways=5, shots=5, queries=10, seed=0)
+      >>> sampler.sample(8).query_x.shape
+      (8, 50, 4)
+    """
+
+    def __init__(self, data: Any, ways: int, shots: int, queries: int, seed: int = 0, dtype: Any = np.float32):
+        if isinstance(data, (list, tuple)):
+            if not data:
+                raise ValueError("data must hold at least one class, got an empty sequence")
+            classes = [np.asarray(c) for c in data]
+            feature_shapes = {c.shape[1:] for c in classes}
+            if any(c.ndim < 2 for c in classes) or len(feature_shapes) != 1:
+                raise ValueError(
+                    "data as a sequence must hold per-class arrays [count, *features] with one feature shape, got "
+                    f"shapes {sorted({c.shape for c in classes})[:4]}"
+                )
+        else:
+            array = np.asarray(data)
+            if array.ndim < 3:
+                raise ValueError(
+                    f"data must have shape [classes, per_class, *features] (rank >= 3), got rank {array.ndim} "
+                    f"shape {array.shape}"
+                )
+            classes = list(array)
+        min_count = min(len(c) for c in classes)
+        self.ways, self.shots, self.queries = _check_episode(ways, shots, queries, len(classes), min_count)
+        if not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        self.classes = classes
+        self.seed = int(seed)
+        self.dtype = dtype
+        self.index = 0
+        self.feature_shape = tuple(classes[0].shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def _one(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        chosen = rng.choice(len(self.classes), self.ways, replace=False)
+        count = self.shots + self.queries
+        x = np.stack([self.classes[c][rng.choice(len(self.classes[c]), count, replace=False)] for c in chosen])
+        if x.dtype == np.uint8:
+            x = x.astype(self.dtype) / 255.0
+        x = x.astype(self.dtype)
+        support = x[:, : self.shots].reshape((self.ways * self.shots, *self.feature_shape))
+        query = x[:, self.shots :].reshape((self.ways * self.queries, *self.feature_shape))
+        return support, query
+
+    def sample(self, num_tasks: int, index: int | None = None) -> Task:
+        """A batch of ``num_tasks`` tasks (numpy arrays with a leading task axis).
+
+        Args:
+          num_tasks: tasks in the batch.
+          index: the batch number; ``None`` takes the sampler's counter and advances it.
+        """
+        _check_count("num_tasks", num_tasks)
+        if index is None:
+            index = self.index
+            self.index += 1
+        rng = np.random.default_rng([self.seed, int(index)])
+        pairs = [self._one(rng) for _ in range(num_tasks)]
+        support_x = np.stack([p[0] for p in pairs])
+        query_x = np.stack([p[1] for p in pairs])
+        support_y = np.tile(_labels(self.ways, self.shots), (num_tasks, 1))
+        query_y = np.tile(_labels(self.ways, self.queries), (num_tasks, 1))
+        return Task(support_x, support_y, query_x, query_y)
+
+    def __repr__(self) -> str:
+        return (
+            f"HostSampler(classes={self.num_classes}, features={self.feature_shape}, ways={self.ways}, "
+            f"shots={self.shots}, queries={self.queries}, seed={self.seed})"
+        )

@@ -1,0 +1,135 @@
+"""The learner contract and the losses every learner shares.
+
+A learner is a few pure functions (a :class:`Learner`), written for **one** task. Batching over tasks is the caller's
+``jax.vmap``; meta-gradients are ``jax.grad`` of :func:`meta_loss`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fsl_jax.tasks import Task
+
+Array = Any
+Params = Any
+LossFn = Callable[..., Array]
+
+
+class Learner(NamedTuple):
+    """A meta-learner as pure functions over pytrees.
+
+    Attributes:
+      init: ``(key, task) -> params``: meta-parameters from an example (unbatched) task.
+      adapt: ``(params, task, key) -> adapted``: task-specific state computed from the support set only.
+      predict: ``(params, adapted, x) -> outputs``: predictions (logits or regression outputs) for inputs ``x``.
+      loss: ``(predictions, targets, mask) -> scalar``: the outer (query) loss; ``mask`` may be ``None``.
+      meta_grad: optional ``(params, task, key) -> (grads, (loss, aux))`` for learners whose update is not the
+        gradient of the query loss (Reptile). ``None`` means ``jax.grad`` of :func:`meta_loss`.
+      kind: ``"classification"`` or ``"regression"``; selects the evaluation metric.
+      name: a short name used in logs and tables.
+      extra_loss: optional ``(params, adapted, task, key) -> scalar`` added to the query loss during meta-training
+        (a regulariser or an ELBO term); not counted in evaluation metrics.
+    """
+
+    init: Callable[[Array, Task], Params]
+    adapt: Callable[[Params, Task, Array], Any]
+    predict: Callable[[Params, Any, Array], Array]
+    loss: LossFn
+    meta_grad: Callable | None = None
+    kind: str = "classification"
+    name: str = "learner"
+    extra_loss: Callable | None = None
+
+
+def _weighted_mean(values: Array, mask: Array | None) -> Array:
+    if mask is None:
+        return jnp.mean(values)
+    mask = mask.astype(values.dtype)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def mse_loss(predictions: Array, targets: Array, mask: Array | None = None) -> Array:
+    """Mean squared error, averaged over examples (and output dimensions)."""
+    predictions = jnp.reshape(predictions, targets.shape) if predictions.size == targets.size else predictions
+    per_example = jnp.reshape((predictions - targets) ** 2, (targets.shape[0], -1)).mean(axis=1)
+    return _weighted_mean(per_example, mask)
+
+
+def xent_loss(logits: Array, labels: Array, mask: Array | None = None) -> Array:
+    """Softmax cross-entropy with integer labels, averaged over examples."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    per_example = -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return _weighted_mean(per_example, mask)
+
+
+def resolve_loss(loss: str | Callable) -> tuple[LossFn, str]:
+    """Turns ``"mse"``, ``"xent"`` or a callable into ``(loss_fn(pred, target, mask), kind)``.
+
+    A user callable takes ``(predictions, targets)`` and returns a scalar; it cannot see masks, so tasks with masks
+    need a built-in loss.
+    """
+    if isinstance(loss, str):
+        if loss == "mse":
+            return mse_loss, "regression"
+        if loss == "xent":
+            return xent_loss, "classification"
+        raise ValueError(f"loss must be 'mse', 'xent' or a callable (predictions, targets) -> scalar, got {loss!r}")
+    if not callable(loss):
+        raise TypeError(f"loss must be 'mse', 'xent' or a callable, got {type(loss).__name__}")
+
+    def user_loss(predictions, targets, mask=None):
+        if mask is not None:
+            raise ValueError("a task with support_mask/query_mask needs loss='mse' or loss='xent', not a callable")
+        return loss(predictions, targets)
+
+    return user_loss, "regression"
+
+
+def accuracy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
+    """Fraction of correct arg-max predictions."""
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return _weighted_mean(correct, mask)
+
+
+def meta_loss(learner: Learner, params: Params, task: Task, key: Array) -> tuple[Array, dict]:
+    """Adapts on the support set of one task and returns the query loss.
+
+    Args:
+      learner: a :class:`Learner`.
+      params: meta-parameters.
+      task: one task (no leading task axis).
+      key: a PRNG key for stochastic adaptation.
+
+    Returns:
+      ``(loss, aux)`` where ``aux`` holds ``"query_loss"`` (the loss without extra terms) and, for classifiers,
+      ``"accuracy"``.
+
+    Example:
+      >>> import jax, fsl_jax as fj
+      >>> learner = fj.maml(fj.models.MLP((40, 40), 1), "mse", inner_lr=0.01, inner_steps=1)
+      >>> task = fj.task_at(fj.data.sinusoid_tasks(jax.random.key(0), 1, 5, 10), 0)
+      >>> params = learner.init(jax.random.key(1), task)
+      >>> loss, aux = fj.meta_loss(learner, params, task, jax.random.key(2))
+    """
+    adapt_key, extra_key = jax.random.split(key)
+    adapted = learner.adapt(params, task, adapt_key)
+    predictions = learner.predict(params, adapted, task.query_x)
+    query_loss = learner.loss(predictions, task.query_y, task.query_mask)
+    aux = {"query_loss": query_loss}
+    if learner.kind == "classification":
+        aux["accuracy"] = accuracy(predictions, task.query_y, task.query_mask)
+    total = query_loss
+    if learner.extra_loss is not None:
+        total = total + learner.extra_loss(params, adapted, task, extra_key)
+    return total, aux
+
+
+def task_grad(learner: Learner, params: Params, task: Task, key: Array) -> tuple[Params, tuple[Array, dict]]:
+    """The meta-gradient contribution of one task: ``(grads, (loss, aux))``."""
+    if learner.meta_grad is not None:
+        return learner.meta_grad(params, task, key)
+    (loss, aux), grads = jax.value_and_grad(lambda p: meta_loss(learner, p, task, key), has_aux=True)(params)
+    return grads, (loss, aux)

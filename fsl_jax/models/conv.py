@@ -1,0 +1,169 @@
+"""Convolutional few-shot backbones that stay fast under ``vmap`` over per-task weights.
+
+Gradient-based meta-learners ``vmap`` the model over tasks with *different* weights per task. XLA turns a
+convolution with batched weights into a grouped convolution, which XLA:CPU runs 20-50x slower than a plain one. The
+same math written as im2col (k*k shifted slices of the padded input) + ``einsum`` is a batched matmul, which XLA
+handles well on every backend; max-pooling as reshape + max likewise avoids ``reduce_window``. ``conv_impl="auto"``
+picks im2col on CPU and XLA's convolution elsewhere.
+
+Normalisation: ``norm="batch"`` normalises with the statistics of the batch at hand (per task under ``vmap``: the
+support set during adaptation, the query set when predicting, as in the reference MAML implementation) with a
+learned scale and bias and **no running averages**, so there is no mutable state to thread through the inner loop
+and second-order gradients are exact. ``"layer"`` (per example) and ``"none"`` are the alternatives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = Any
+NORMS = ("batch", "layer", "none")
+CONV_IMPLS = ("auto", "im2col", "xla")
+
+
+def _resolve_impl(impl: str) -> str:
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "im2col" if jax.default_backend() == "cpu" else "xla"
+    return impl
+
+
+class Conv2d(nn.Module):
+    """A stride-1 'SAME' 2-D convolution, NHWC, with a selectable implementation.
+
+    The kernel has Flax's layout ``[k, k, in, out]`` whatever the implementation, so parameters are interchangeable.
+
+    Attributes:
+      features: output channels.
+      kernel_size: odd kernel size ``k``.
+      use_bias: add a bias.
+      conv_impl: ``"im2col"`` (slices + einsum), ``"xla"`` (``lax.conv_general_dilated``) or ``"auto"``.
+    """
+
+    features: int
+    kernel_size: int = 3
+    use_bias: bool = True
+    conv_impl: str = "auto"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if x.ndim != 4:
+            raise ValueError(f"Conv2d expects NHWC input of rank 4, got shape {x.shape}")
+        k = self.kernel_size
+        if k % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {k}")
+        cin = x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, cin, self.features), self.param_dtype)
+        x = x.astype(self.dtype)
+        kernel = kernel.astype(self.dtype)
+        if _resolve_impl(self.conv_impl) == "xla":
+            y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        else:
+            y = im2col_conv(x, kernel)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(self.dtype)
+        return y
+
+
+def im2col_conv(x: Array, kernel: Array) -> Array:
+    """'SAME' stride-1 convolution as k*k shifted slices of the padded input and one ``einsum``."""
+    k = kernel.shape[0]
+    pad = k // 2
+    height, width = x.shape[1], x.shape[2]
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    patches = jnp.stack([padded[:, i : i + height, j : j + width, :] for i in range(k) for j in range(k)], axis=3)
+    return jnp.einsum("nhwpc,pcf->nhwf", patches, kernel.reshape(k * k, kernel.shape[2], kernel.shape[3]))
+
+
+def max_pool_2x2(x: Array) -> Array:
+    """2x2 max-pooling with stride 2 ('VALID': odd trailing rows/columns are dropped) as reshape + max."""
+    n, h, w, c = x.shape
+    h2, w2 = h // 2, w // 2
+    x = x[:, : 2 * h2, : 2 * w2, :]
+    return x.reshape(n, h2, 2, w2, 2, c).max(axis=(2, 4))
+
+
+class Norm(nn.Module):
+    """Batch-statistics, layer or no normalisation with a learned scale and bias (see module docstring)."""
+
+    kind: str = "batch"
+    epsilon: float = 1e-5
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if self.kind not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.kind!r}")
+        if self.kind == "none":
+            return x
+        axes = tuple(range(x.ndim - 1)) if self.kind == "batch" else tuple(range(1, x.ndim))
+        mean = jnp.mean(x, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), self.param_dtype)
+        return y * scale.astype(y.dtype) + bias.astype(y.dtype)
+
+
+class ConvBlock(nn.Module):
+    """conv 3x3 -> norm -> ReLU -> 2x2 max-pool."""
+
+    features: int = 64
+    norm: str = "batch"
+    conv_impl: str = "auto"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        x = Conv2d(self.features, conv_impl=self.conv_impl, dtype=self.dtype, name="conv")(x)
+        x = Norm(self.norm, name="norm")(x)
+        return max_pool_2x2(nn.relu(x))
+
+
+class Conv4(nn.Module):
+    """The standard four-block few-shot backbone (Vinyals et al., 2016; Finn et al., 2017).
+
+    Four blocks of conv 3x3 (``hidden`` channels) -> norm -> ReLU -> max-pool 2x2, then flatten. 28x28 inputs give a
+    ``hidden``-dimensional embedding (1x1 spatial), 84x84 inputs ``hidden*5*5``. With ``num_classes`` a linear
+    classifier named ``head`` follows (the subtree :func:`fsl_jax.anil` adapts); without it the module returns the
+    embedding (for metric learners).
+
+    Attributes:
+      num_classes: classifier outputs, or ``None`` for an embedding network.
+      hidden: channels of every block.
+      norm: ``"batch"`` (per-batch statistics, no running averages), ``"layer"`` or ``"none"``.
+      conv_impl: ``"auto"`` (im2col on CPU, XLA convolution elsewhere), ``"im2col"`` or ``"xla"``.
+      dtype: computation dtype (``jnp.bfloat16`` on accelerators).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, fsl_jax as fj
+      >>> model = fj.models.Conv4(num_classes=5)
+      >>> variables = model.init(jax.random.key(0), jnp.zeros((5, 28, 28, 1)))
+      >>> model.apply(variables, jnp.zeros((5, 28, 28, 1))).shape
+      (5, 5)
+    """
+
+    num_classes: int | None = None
+    hidden: int = 64
+    norm: str = "batch"
+    conv_impl: str = "auto"
+    blocks: int = 4
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if x.ndim != 4:
+            raise ValueError(f"Conv4 expects images [batch, height, width, channels], got shape {x.shape}")
+        for i in range(self.blocks):
+            x = ConvBlock(self.hidden, self.norm, self.conv_impl, self.dtype, name=f"block{i}")(x)
+        x = x.reshape(x.shape[0], -1)
+        if self.num_classes is None:
+            return x
+        return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
