@@ -1,0 +1,208 @@
+"""The MAML family: second order is real, first order is not, nothing leaks from the query set."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import fsl_jax as fj
+from fsl_jax.learners.base import mse_loss
+
+
+def _tiny_task(key, n_support=6, n_query=7, dtype=jnp.float64):
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    return fj.Task(
+        jax.random.normal(k1, (n_support, 2), dtype),
+        jax.random.normal(k2, (n_support, 1), dtype),
+        jax.random.normal(k3, (n_query, 2), dtype),
+        jax.random.normal(k4, (n_query, 1), dtype),
+    )
+
+
+def _closed_form(model, variables, task, alpha, steps, first_order):
+    """Meta-gradient by hand: prod_t (I - alpha H_s(theta_t)) grad L_q(theta_T), with explicit Hessians."""
+    flat, unravel = ravel_pytree(variables["params"])
+
+    def support_loss(v):
+        return mse_loss(model.apply({"params": unravel(v)}, task.support_x), task.support_y)
+
+    def query_loss(v):
+        return mse_loss(model.apply({"params": unravel(v)}, task.query_x), task.query_y)
+
+    thetas = [flat]
+    for _ in range(steps):
+        thetas.append(thetas[-1] - alpha * jax.grad(support_loss)(thetas[-1]))
+    g = jax.grad(query_loss)(thetas[-1])
+    if first_order:
+        return g
+    eye = jnp.eye(flat.size, dtype=flat.dtype)
+    for theta in reversed(thetas[:-1]):
+        g = (eye - alpha * jax.hessian(support_loss)(theta)) @ g
+    return g
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_maml_meta_gradient_equals_closed_form_second_order(steps):
+    with jax.enable_x64(True):
+        model = fj.models.MLP(hidden=(5,), out=1, dtype=jnp.float64)
+        task = _tiny_task(jax.random.key(0))
+        alpha = 0.3
+        learner = fj.maml(model, "mse", inner_lr=alpha, inner_steps=steps)
+        variables = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), learner.init(jax.random.key(1), task))
+        grads = jax.grad(lambda p: fj.meta_loss(learner, p, task, jax.random.key(2))[0])(variables)
+        ours = ravel_pytree(grads["params"])[0]
+        expected = _closed_form(model, variables, task, alpha, steps, first_order=False)
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-8)
+
+        fo = fj.maml(model, "mse", inner_lr=alpha, inner_steps=steps, first_order=True)
+        fo_grads = ravel_pytree(jax.grad(lambda p: fj.meta_loss(fo, p, task, jax.random.key(2))[0])(variables)["params"])[0]
+        np.testing.assert_allclose(fo_grads, _closed_form(model, variables, task, alpha, steps, True), rtol=1e-5, atol=1e-8)
+        # The second-order terms matter here: FOMAML's gradient is measurably different.
+        assert float(jnp.linalg.norm(fo_grads - ours)) > 1e-3 * float(jnp.linalg.norm(ours))
+
+        remat = fj.maml(model, "mse", inner_lr=alpha, inner_steps=steps, remat=True)
+        remat_grads = jax.grad(lambda p: fj.meta_loss(remat, p, task, jax.random.key(2))[0])(variables)
+        np.testing.assert_allclose(ravel_pytree(remat_grads["params"])[0], ours, rtol=1e-10, atol=1e-12)
+
+
+def test_inner_loop_is_a_scan():
+    model = fj.models.MLP(hidden=(4,), out=1)
+    task = _tiny_task(jax.random.key(0), dtype=jnp.float32)
+    learner = fj.maml(model, "mse", inner_lr=0.1, inner_steps=7)
+    params = learner.init(jax.random.key(1), task)
+    jaxpr = jax.make_jaxpr(lambda p: learner.adapt(p, task, jax.random.key(0)))(params)
+    scans = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "scan"]
+    assert len(scans) == 1 and scans[0].params["length"] == 7
+
+
+def test_meta_sgd_learning_rates_get_the_closed_form_gradient():
+    with jax.enable_x64(True):
+        model = fj.models.MLP(hidden=(3,), out=1, dtype=jnp.float64)
+        task = _tiny_task(jax.random.key(3))
+        learner = fj.meta_sgd(model, "mse", inner_lr=0.1, inner_steps=1)
+        params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), learner.init(jax.random.key(4), task))
+        assert set(params) == {"model", "inner_lr"}
+        grads = jax.grad(lambda p: fj.meta_loss(learner, p, task, jax.random.key(0))[0])(params)
+        # d L_q(theta - lr * g_s) / d lr = -g_s * grad L_q(theta')
+        flat, unravel = ravel_pytree(params["model"]["params"])
+        lrs = ravel_pytree(params["inner_lr"])[0]
+        s_loss = lambda v: mse_loss(model.apply({"params": unravel(v)}, task.support_x), task.support_y)  # noqa: E731
+        q_loss = lambda v: mse_loss(model.apply({"params": unravel(v)}, task.query_x), task.query_y)  # noqa: E731
+        g_s = jax.grad(s_loss)(flat)
+        expected = -g_s * jax.grad(q_loss)(flat - lrs * g_s)
+        np.testing.assert_allclose(ravel_pytree(grads["inner_lr"])[0], expected, rtol=1e-6, atol=1e-12)
+
+
+def _variants():
+    model = fj.models.Conv4(num_classes=3, hidden=4, blocks=2)
+    return {
+        "maml": fj.maml(model, "xent", 0.1, 2),
+        "fomaml": fj.maml(model, "xent", 0.1, 2, first_order=True),
+        "anil": fj.anil(model, "xent", 0.1, 2),
+        "meta_sgd": fj.meta_sgd(model, "xent", 0.1, 2),
+        "reptile": fj.reptile(model, "xent", 0.1, 2),
+    }
+
+
+def _image_task(key, ways=3, shots=2, queries=4):
+    data = jax.random.uniform(key, (6, 10, 8, 8, 1))
+    return fj.data.DeviceSampler(data, ways, shots, queries).sample_one(jax.random.fold_in(key, 1))
+
+
+@pytest.mark.parametrize("name", list(_variants()))
+def test_query_set_never_leaks_into_adaptation(name):
+    learner = _variants()[name]
+    task = _image_task(jax.random.key(0))
+    params = learner.init(jax.random.key(1), task)
+    adapted = learner.adapt(params, task, jax.random.key(2))
+    changed = task._replace(query_y=(task.query_y + 1) % 3, query_x=task.query_x * 0 + 0.5)
+    adapted_changed = learner.adapt(params, changed, jax.random.key(2))
+    for a, b in zip(jax.tree_util.tree_leaves(adapted), jax.tree_util.tree_leaves(adapted_changed)):
+        np.testing.assert_array_equal(a, b)
+    # ...while the support set does drive adaptation.
+    moved = learner.adapt(params, task._replace(support_y=(task.support_y + 1) % 3), jax.random.key(2))
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(adapted), jax.tree_util.tree_leaves(moved)))
+
+
+def test_anil_adapts_only_the_head():
+    learner = _variants()["anil"]
+    task = _image_task(jax.random.key(0))
+    params = learner.init(jax.random.key(1), task)
+    adapted = learner.adapt(params, task, jax.random.key(2))
+    for name in params["params"]:
+        same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(params["params"][name]),
+                                                        jax.tree_util.tree_leaves(adapted["params"][name])))
+        assert same == (name != "head"), name
+
+
+def test_maml_init_returns_exactly_the_flax_variables():
+    model = fj.models.Conv4(num_classes=3, hidden=4, blocks=2)
+    task = _image_task(jax.random.key(0))
+    params = fj.maml(model, "xent").init(jax.random.key(5), task)
+    expected = model.init(jax.random.key(5), task.support_x)
+    assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(expected)
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_reptile_direction_is_params_minus_adapted():
+    learner = _variants()["reptile"]
+    task = _image_task(jax.random.key(0))
+    params = learner.init(jax.random.key(1), task)
+    grads, (loss, aux) = learner.meta_grad(params, task, jax.random.key(2))
+    adapted = learner.adapt(params, task, jax.random.key(2))
+    for g, p, a in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(params),
+                       jax.tree_util.tree_leaves(adapted)):
+        np.testing.assert_allclose(g, p - a, rtol=1e-6, atol=1e-7)
+    assert 0.0 <= float(aux["accuracy"]) <= 1.0 and np.isfinite(float(loss))
+
+
+def test_custom_callable_loss():
+    learner = fj.maml(fj.models.MLP(), lambda p, t: jnp.mean(jnp.abs(p - t)), inner_lr=0.01)
+    task = fj.task_at(fj.data.sinusoid_tasks(jax.random.key(0), 1, 5, 5), 0)
+    params = learner.init(jax.random.key(1), task)
+    loss, _ = fj.meta_loss(learner, params, task, jax.random.key(2))
+    adapted = learner.adapt(params, task, jax.random.key(2))
+    expected = jnp.mean(jnp.abs(learner.predict(params, adapted, task.query_x) - task.query_y))
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"inner_lr": -1.0}, "inner_lr"),
+        ({"inner_lr": 0.0}, "inner_lr"),
+        ({"inner_steps": 0}, "inner_steps"),
+        ({"inner_steps": 1.5}, "inner_steps"),
+        ({"loss": "hinge"}, "loss"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, match):
+    args = {"loss": "mse", "inner_lr": 0.01, "inner_steps": 1, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        fj.maml(fj.models.MLP(), **args)
+
+
+def test_bad_model_and_head():
+    with pytest.raises(TypeError, match="model"):
+        fj.maml(lambda x: x, "mse")
+    learner = fj.anil(fj.models.MLP(), "mse", head="classifier")
+    task = fj.task_at(fj.data.sinusoid_tasks(jax.random.key(0), 1, 5, 5), 0)
+    with pytest.raises(ValueError, match="classifier"):
+        learner.init(jax.random.key(0), task)
+
+
+def test_masked_support_examples_do_not_count():
+    learner = fj.maml(fj.models.MLP(), "mse", inner_lr=0.05, inner_steps=2)
+    task = fj.task_at(fj.data.sinusoid_tasks(jax.random.key(0), 1, 8, 5), 0)
+    params = learner.init(jax.random.key(1), task)
+    mask = jnp.array([1, 1, 1, 1, 1, 0, 0, 0])
+    padded = task._replace(support_y=task.support_y.at[5:].set(1e3), support_mask=mask)
+    trimmed = fj.Task(task.support_x[:5], task.support_y[:5], task.query_x, task.query_y)
+    a = learner.adapt(params, padded, jax.random.key(0))
+    b = learner.adapt(params, trimmed, jax.random.key(0))
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
