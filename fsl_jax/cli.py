@@ -156,7 +156,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if os.path.exists(config_path):
         with open(config_path) as f:
             previous = json.load(f)
-        changed = {k: (previous.get(k), v) for k, v in config.items() if k != "steps" and previous.get(k) != v}
+        changed = {k: (previous.get(k), v) for k, v in config.items() if k not in ("steps", "episodes") and previous.get(k) != v}
         if changed:
             raise ValueError(f"run folder {out!r} was made with other settings {changed}; use another --out")
     with open(config_path, "w") as f:
@@ -165,7 +165,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     state, history = fj.meta_train(
         learner, optax.adam(args.lr), train_source, steps=args.steps, meta_batch=args.meta_batch,
         key=jax.random.key(args.seed), log_every=max(1, min(100, args.steps // 20)),
-        checkpoint_dir=os.path.join(out, "checkpoints"), desc=f"{args.learner} on {args.data}",
+        checkpoint_dir=os.path.join(out, "checkpoints"), log_dir=out, desc=f"{args.learner} on {args.data}",
     )
     if history.metrics:
         print(f"step {history.steps[-1]}: " + ", ".join(f"{k} {v:.4g}" for k, v in history.metrics[-1].items()))

@@ -269,6 +269,7 @@ def meta_train(
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     keep: int = 3,
+    log_dir: str | os.PathLike | None = None,
     skip_nonfinite: bool = False,
     progress: bool = True,
     desc: str | None = None,
@@ -294,6 +295,7 @@ def meta_train(
         checkpoints, training resumes from the latest one.
       checkpoint_every: steps between checkpoints (default: ``log_every * 10``).
       keep: checkpoints kept.
+      log_dir: append the logged metrics to ``log_dir/metrics.jsonl`` (default: ``checkpoint_dir``, if any).
       skip_nonfinite: skip non-finite updates instead of stopping.
       progress: show a tqdm progress bar.
       desc: the progress bar's label.
@@ -372,8 +374,9 @@ def meta_train(
     bar.close()
     if metrics is not None:
         jax.block_until_ready(state.params)
-    if checkpoint_dir is not None and history.steps:
-        _append_metrics(checkpoint_dir, history, start, time.perf_counter() - t0)
+    log_dir = log_dir if log_dir is not None else checkpoint_dir
+    if log_dir is not None and history.steps:
+        _append_metrics(log_dir, history, start, time.perf_counter() - t0)
     return state, history
 
 

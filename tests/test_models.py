@@ -1,0 +1,71 @@
+"""Backbones: the im2col convolution equals XLA's, pooling equals flax's, per-task normalisation under vmap."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fsl_jax as fj
+from fsl_jax.models.conv import im2col_conv, max_pool_2x2
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_im2col_conv_equals_xla_conv(k):
+    x = jax.random.normal(jax.random.key(0), (3, 9, 7, 4))
+    w = jax.random.normal(jax.random.key(1), (k, k, 4, 6))
+    ref = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(im2col_conv(x, w), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [28, 7, 5])
+def test_max_pool_equals_flax(size):
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+    np.testing.assert_array_equal(max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2), "VALID"))
+
+
+def test_conv_impls_share_parameters_and_outputs():
+    x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+    a, b = fj.models.Conv4(num_classes=5, conv_impl="im2col"), fj.models.Conv4(num_classes=5, conv_impl="xla")
+    variables = a.init(jax.random.key(1), x)
+    np.testing.assert_allclose(a.apply(variables, x), b.apply(variables, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size, embedding", [(28, 64), (84, 64 * 5 * 5)])
+def test_conv4_shapes(size, embedding):
+    x = jnp.zeros((2, size, size, 3))
+    enc = fj.models.Conv4()
+    assert enc.apply(enc.init(jax.random.key(0), x), x).shape == (2, embedding)
+    clf = fj.models.Conv4(num_classes=5)
+    variables = clf.init(jax.random.key(0), x)
+    assert clf.apply(variables, x).shape == (2, 5)
+    assert list(variables["params"]) == ["block0", "block1", "block2", "block3", "head"]
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer", "none"])
+def test_norm_is_per_task_under_vmap(norm):
+    model = fj.models.Conv4(num_classes=3, hidden=4, norm=norm, blocks=2)
+    xs = jax.random.normal(jax.random.key(0), (3, 5, 8, 8, 1)) * jnp.arange(1.0, 4.0)[:, None, None, None, None]
+    variables = model.init(jax.random.key(1), xs[0])
+    per_task_weights = jax.tree_util.tree_map(lambda p: jnp.stack([p, p * 1.1, p * 0.9]), variables)
+    batched = jax.vmap(model.apply)(per_task_weights, xs)
+    for t in range(3):
+        single = model.apply(jax.tree_util.tree_map(lambda p: p[t], per_task_weights), xs[t])
+        np.testing.assert_allclose(batched[t], single, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_uses_batch_statistics():
+    x = jax.random.normal(jax.random.key(0), (6, 4, 4, 3)) * 5 + 2
+    norm = fj.models.Norm("batch")
+    y = norm.apply(norm.init(jax.random.key(0), x), x)
+    np.testing.assert_allclose(y.mean(axis=(0, 1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(y.std(axis=(0, 1, 2)), 1, atol=1e-3)
+
+
+def test_bad_model_input():
+    with pytest.raises(ValueError, match="shape"):
+        fj.models.Conv4().init(jax.random.key(0), jnp.zeros((28, 28, 1)))
+    with pytest.raises(ValueError, match="norm"):
+        fj.models.Conv4(norm="group").init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    with pytest.raises(ValueError, match="conv_impl"):
+        fj.models.Conv4(conv_impl="fast").init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
