@@ -94,7 +94,7 @@ def run_sinusoid(
             json.dump(summary, f, indent=2)
         from fsl_jax.plots import plot_learning_curve, plot_regression_fits
 
-        plot_learning_curve(curves, None, os.path.join(out, "learning_curves.png"), label="meta-loss (query MSE)",
+        plot_learning_curve(curves, None, os.path.join(out, "learning_curves.png"), ylabel="meta-loss (query MSE)",
                             title="Sinusoid meta-training", smooth=5)
         k = 5 if 5 in shots else shots[0]
         _plot_fits(trained, k, key, os.path.join(out, "adapted_curves.png"), plot_regression_fits)
