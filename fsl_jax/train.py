@@ -336,6 +336,10 @@ def meta_train(
     if checkpoint_dir is not None and latest_step(checkpoint_dir) is not None:
         state = restore_checkpoint(checkpoint_dir, state)
 
+    if mesh is not None:
+        from fsl_jax.parallel import replicate
+
+        state = replicate(state, mesh)
     if host:
         step_fn = make_meta_step(learner, optimizer, task_chunk=task_chunk, skip_nonfinite=skip_nonfinite, mesh=mesh)
     else:
