@@ -90,7 +90,7 @@ def evaluate(
 
     if not isinstance(learner, Learner):
         raise TypeError(f"learner must be a fsl_jax.Learner, got {type(learner).__name__}")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     scores = jax.jit(_batched_scores(learner))
     metric_name = "accuracy" if learner.kind == "classification" else "mse"

@@ -24,8 +24,8 @@ def _check_common(model: Any, inner_lr: float, inner_steps: int) -> None:
         raise TypeError(f"model must be a flax.linen.Module, got {type(model).__name__}")
     if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 1:
         raise ValueError(f"inner_steps must be a positive int, got {inner_steps!r}")
-    if not isinstance(inner_lr, (int, float)) or isinstance(inner_lr, bool) or not inner_lr > 0:
-        raise ValueError(f"inner_lr must be a positive number, got {inner_lr!r}")
+    if not isinstance(inner_lr, (int, float)) or isinstance(inner_lr, bool) or not 0 < inner_lr < float("inf"):
+        raise ValueError(f"inner_lr must be a positive finite number, got {inner_lr!r}")
 
 
 def inner_loop(
