@@ -1,6 +1,12 @@
-"""Flax modules: few-shot backbones (no training logic here)."""
+"""Flax modules: few-shot backbones and text backbones (no training logic here)."""
 
+from fsl_jax.models.bert import Bert, BertConfig, mean_pool, sentence_embedding
 from fsl_jax.models.conv import Conv2d, Conv4, ConvBlock, Norm, im2col_conv, max_pool_2x2
+from fsl_jax.models.gpt2 import GPT2, GPT2Config, generate
+from fsl_jax.models.hub import from_pretrained, save_pretrained
 from fsl_jax.models.mlp import MLP
 
-__all__ = ["Conv2d", "Conv4", "ConvBlock", "MLP", "Norm", "im2col_conv", "max_pool_2x2"]
+__all__ = [
+    "Bert", "BertConfig", "Conv2d", "Conv4", "ConvBlock", "GPT2", "GPT2Config", "MLP", "Norm", "from_pretrained",
+    "generate", "im2col_conv", "max_pool_2x2", "mean_pool", "save_pretrained", "sentence_embedding",
+]
