@@ -1,10 +1,11 @@
 """Episode sources: samplers, sinusoid tasks and offline image data sets."""
 
+from fsl_jax.data.glyphs import glyphs
 from fsl_jax.data.images import ClassDataset, digits, mini_imagenet, omniglot
 from fsl_jax.data.sampler import DeviceSampler, HostSampler
 from fsl_jax.data.sinusoid import sinusoid_params, sinusoid_tasks
 
 __all__ = [
-    "ClassDataset", "DeviceSampler", "HostSampler", "digits", "mini_imagenet", "omniglot", "sinusoid_params",
+    "ClassDataset", "DeviceSampler", "HostSampler", "digits", "glyphs", "mini_imagenet", "omniglot", "sinusoid_params",
     "sinusoid_tasks",
 ]

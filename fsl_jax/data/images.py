@@ -1,0 +1,275 @@
+"""Class-indexed image data sets: sklearn digits, and Omniglot / miniImageNet from a local folder.
+
+Every loader returns a :class:`ClassDataset` whose ``data`` is one rectangular uint8 array
+``[classes, per_class, height, width, channels]`` (classes with more examples are truncated to the smallest count),
+ready for :class:`~fsl_jax.data.DeviceSampler` or :class:`~fsl_jax.data.HostSampler`.
+
+Nothing is downloaded: Omniglot and miniImageNet are read from folders in their usual published layouts.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import pickle
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from PIL import Image
+
+_OMNIGLOT_SPLITS = ("background", "evaluation")
+_MINI_IMAGENET_SPLITS = ("train", "val", "test")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_OMNIGLOT_LAYOUT = "root/images_{split}/<Alphabet>/<characterXX>/*.png"
+_MINI_IMAGENET_LAYOUT = (
+    "root/{split}.csv (header 'filename,label') with images in root/images/<filename>, "
+    "or root/mini-imagenet-cache-{split}.pkl (keys 'image_data' and 'class_dict')"
+)
+
+
+class ClassDataset(NamedTuple):
+    """A class-indexed image data set.
+
+    Attributes:
+      data: uint8 array ``[classes, per_class, height, width, channels]``.
+      names: one name per class (``len(names) == data.shape[0]``).
+      split: which split of the source this is (``"all"`` when the source has none).
+
+    Example:
+      >>> from fsl_jax.data.images import digits
+      >>> ds = digits()
+      >>> ds.data.shape, ds.names[:3], ds.split
+      ((10, 174, 8, 8, 1), ('0', '1', '2'), 'all')
+    """
+
+    data: np.ndarray
+    names: tuple[str, ...]
+    split: str
+
+
+def _check_size(size: Any) -> int:
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    return int(size)
+
+
+def _check_split(split: Any, allowed: tuple[str, ...]) -> str:
+    if split not in allowed:
+        raise ValueError(f"split must be one of {allowed}, got {split!r}")
+    return split
+
+
+def _load_image(path: Path, size: int, mode: str) -> np.ndarray:
+    """Reads one image file as uint8 ``[size, size, channels]`` in PIL ``mode`` ("L" or "RGB").
+
+    Raises ``FileNotFoundError`` when the file is missing and ``ValueError`` naming the file when it cannot be decoded.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now so truncated files fail here, not later
+            image = image.convert(mode)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"cannot read image file {str(path)!r}: {error}") from error
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _stack_classes(classes: list[list[np.ndarray]]) -> np.ndarray:
+    count = min(len(examples) for examples in classes)
+    return np.stack([np.stack(examples[:count]) for examples in classes])
+
+
+def digits() -> ClassDataset:
+    """scikit-learn's handwritten digits (8x8 grey images, 10 classes) as a class-indexed data set.
+
+    Intensities 0..16 are scaled to 0..255; each class keeps its first 174 examples (the smallest class count), so
+    the array is rectangular.
+
+    Returns:
+      ``ClassDataset`` with ``data`` uint8 ``[10, 174, 8, 8, 1]``, names ``"0"`` .. ``"9"`` and split ``"all"``.
+
+    Example:
+      >>> from fsl_jax.data.images import digits
+      >>> ds = digits()
+      >>> ds.data.shape, ds.data.dtype, int(ds.data.max())
+      ((10, 174, 8, 8, 1), dtype('uint8'), 255)
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    per_class = [images[bunch.target == label] for label in range(10)]
+    count = min(len(examples) for examples in per_class)
+    data = np.stack([examples[:count] for examples in per_class])[..., None]
+    return ClassDataset(data, tuple(str(label) for label in range(10)), "all")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
+
+
+def omniglot(root: str | os.PathLike[str], split: str = "background", size: int = 28) -> ClassDataset:
+    """Omniglot from a local copy in the standard layout; every character is a class.
+
+    Expects ``root/images_background/<Alphabet>/<characterXX>/*.png`` (and ``root/images_evaluation/...``), as
+    unpacked from the official ``images_background.zip`` / ``images_evaluation.zip``. ``root`` may also be the
+    ``images_<split>`` folder itself. Images are converted to grey, resized to ``size x size`` and inverted so that
+    ink is bright on a dark background (the PNGs are black ink on white). Characters with more drawings than the
+    smallest count are truncated to it (20 in the official release).
+
+    Args:
+      root: folder holding ``images_background`` / ``images_evaluation``.
+      split: ``"background"`` (964 characters, the usual meta-training set) or ``"evaluation"`` (659 characters).
+      size: output height and width in pixels.
+
+    Returns:
+      ``ClassDataset`` with ``data`` uint8 ``[characters, drawings, size, size, 1]`` and names
+      ``"<Alphabet>/<characterXX>"`` in sorted order.
+
+    Raises:
+      FileNotFoundError: when ``root`` or ``root/images_<split>`` does not exist.
+      ValueError: when the folder holds no alphabets, a character folder holds no images, or an image is corrupt
+        (the message names the file).
+
+    Example:
+      >>> from fsl_jax.data.images import omniglot
+      >>> ds = omniglot("~/data/omniglot", split="background", size=28)  # doctest: +SKIP
+      >>> ds.data.shape  # doctest: +SKIP
+      (964, 20, 28, 28, 1)
+    """
+    split = _check_split(split, _OMNIGLOT_SPLITS)
+    size = _check_size(size)
+    root = Path(root).expanduser()
+    layout = _OMNIGLOT_LAYOUT.format(split=split)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Omniglot root {str(root)!r} is not a folder; expected layout {layout}")
+    folder = root if root.name == f"images_{split}" else root / f"images_{split}"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Omniglot folder {str(folder)!r} does not exist; expected layout {layout}")
+    alphabets = sorted(p for p in folder.iterdir() if p.is_dir())
+    characters = [c for a in alphabets for c in sorted(p for p in a.iterdir() if p.is_dir())]
+    if not characters:
+        raise ValueError(f"no <Alphabet>/<character> folders in {str(folder)!r}; expected layout {layout}")
+    classes, names = [], []
+    for character in characters:
+        files = _image_files(character)
+        if not files:
+            raise ValueError(f"character folder {str(character)!r} holds no images; expected layout {layout}")
+        classes.append([255 - _load_image(f, size, "L") for f in files])
+        names.append(f"{character.parent.name}/{character.name}")
+    return ClassDataset(_stack_classes(classes), tuple(names), split)
+
+
+def _mini_imagenet_csv(
+    root: Path, csv_path: Path, size: int, layout: str
+) -> tuple[list[list[np.ndarray]], list[str]]:
+    by_label: dict[str, list[str]] = {}
+    with open(csv_path, newline="") as handle:
+        rows = csv.reader(handle)
+        header = next(rows, None)
+        if header is None or [h.strip() for h in header] != ["filename", "label"]:
+            raise ValueError(f"{str(csv_path)!r} must start with the header 'filename,label', got {header!r}")
+        for line, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            if len(row) != 2:
+                raise ValueError(f"{str(csv_path)!r} line {line}: expected 'filename,label', got {row!r}")
+            by_label.setdefault(row[1].strip(), []).append(row[0].strip())
+    if not by_label:
+        raise ValueError(f"{str(csv_path)!r} lists no images")
+    images_dir = root / "images"
+    if not images_dir.is_dir():
+        raise FileNotFoundError(
+            f"miniImageNet images folder {str(images_dir)!r} does not exist; expected layout {layout}"
+        )
+    labels = sorted(by_label)
+    count = min(len(files) for files in by_label.values())
+    classes = [[_load_image(images_dir / name, size, "RGB") for name in by_label[label][:count]] for label in labels]
+    return classes, labels
+
+
+def _mini_imagenet_pickle(pkl_path: Path, size: int) -> tuple[list[list[np.ndarray]], list[str]]:
+    try:
+        with open(pkl_path, "rb") as handle:
+            cache = pickle.load(handle, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, ValueError) as error:
+        raise ValueError(f"cannot read miniImageNet pickle {str(pkl_path)!r}: {error}") from error
+    if not isinstance(cache, dict) or "image_data" not in cache or "class_dict" not in cache:
+        keys = sorted(cache) if isinstance(cache, dict) else type(cache).__name__
+        raise ValueError(f"{str(pkl_path)!r} must hold a dict with keys 'image_data' and 'class_dict', got {keys}")
+    images = np.asarray(cache["image_data"])
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(
+            f"{str(pkl_path)!r}: 'image_data' must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}"
+        )
+    class_dict = cache["class_dict"]
+    if not isinstance(class_dict, dict) or not class_dict:
+        raise ValueError(f"{str(pkl_path)!r}: 'class_dict' must be a non-empty dict {{wnid: [indices]}}")
+    labels = sorted(class_dict)
+    count = min(len(class_dict[label]) for label in labels)
+    classes = []
+    for label in labels:
+        index = np.asarray(class_dict[label], dtype=np.int64)[:count]
+        if index.size and (index.min() < 0 or index.max() >= len(images)):
+            raise ValueError(f"{str(pkl_path)!r}: class {label!r} indexes outside 'image_data' ({len(images)} images)")
+        examples = images[index]
+        if examples.shape[1:3] != (size, size):
+            examples = np.stack(
+                [np.asarray(Image.fromarray(x).resize((size, size), Image.Resampling.BILINEAR)) for x in examples]
+            )
+        classes.append(list(examples))
+    return classes, [str(label) for label in labels]
+
+
+def mini_imagenet(root: str | os.PathLike[str], split: str = "train", size: int = 84) -> ClassDataset:
+    """miniImageNet (Ravi & Larochelle split: 64 / 16 / 20 classes of 600 images) from a local folder.
+
+    Two published layouts are read:
+
+    * CSV: ``root/{split}.csv`` with header ``filename,label`` and the images in ``root/images/<filename>``.
+    * Pickle cache: ``root/mini-imagenet-cache-{split}.pkl`` holding ``{"image_data": uint8 [N, 84, 84, 3],
+      "class_dict": {wnid: [indices]}}``. Pickles can run code when loaded: only read files you trust.
+
+    When both are present the CSV layout is used. Classes are sorted by label; classes with more images than the
+    smallest count are truncated to it.
+
+    Args:
+      root: the miniImageNet folder.
+      split: ``"train"``, ``"val"`` or ``"test"``.
+      size: output height and width in pixels (images are resized when they differ).
+
+    Returns:
+      ``ClassDataset`` with ``data`` uint8 RGB ``[classes, per_class, size, size, 3]`` and the labels (wnids) as names.
+
+    Raises:
+      FileNotFoundError: when ``root`` does not exist, neither layout is found, or a listed image is missing.
+      ValueError: when the CSV header or pickle contents are malformed, or an image is corrupt (naming the file).
+
+    Example:
+      >>> from fsl_jax.data.images import mini_imagenet
+      >>> ds = mini_imagenet("~/data/mini-imagenet", split="test")  # doctest: +SKIP
+      >>> ds.data.shape  # doctest: +SKIP
+      (20, 600, 84, 84, 3)
+    """
+    split = _check_split(split, _MINI_IMAGENET_SPLITS)
+    size = _check_size(size)
+    root = Path(root).expanduser()
+    layout = _MINI_IMAGENET_LAYOUT.format(split=split)
+    if not root.is_dir():
+        raise FileNotFoundError(f"miniImageNet root {str(root)!r} is not a folder; expected layout {layout}")
+    csv_path, pkl_path = root / f"{split}.csv", root / f"mini-imagenet-cache-{split}.pkl"
+    if csv_path.is_file():
+        classes, names = _mini_imagenet_csv(root, csv_path, size, layout)
+    elif pkl_path.is_file():
+        classes, names = _mini_imagenet_pickle(pkl_path, size)
+    else:
+        raise FileNotFoundError(
+            f"no miniImageNet split {split!r} in {str(root)!r}: neither {csv_path.name} nor {pkl_path.name} exists; "
+            f"expected layout {layout}"
+        )
+    return ClassDataset(_stack_classes(classes), tuple(names), split)
