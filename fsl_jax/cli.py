@@ -16,7 +16,7 @@ import time
 from typing import Any, Sequence
 
 LEARNERS = ("maml", "fomaml", "anil", "meta_sgd", "reptile")
-DATASETS = ("sinusoid", "digits")
+DATASETS = ("sinusoid", "digits", "glyphs")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,6 +85,8 @@ def _image_splits(data: str):
     if data == "digits":
         images = fj.data.digits().data
         return images[:5], images[5:]  # classes 0-4 for meta-training, 5-9 unseen at test time
+    if data == "glyphs":
+        return fj.data.glyphs("train").data, fj.data.glyphs("test").data  # test scripts are unseen in training
     raise ValueError(f"--data must be one of {DATASETS}, got {data!r}")
 
 

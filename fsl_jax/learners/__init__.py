@@ -2,9 +2,16 @@
 
 from fsl_jax.learners.base import Learner, accuracy, meta_loss, mse_loss, resolve_loss, task_grad, xent_loss
 from fsl_jax.learners.maml import anil, inner_loop, maml, meta_sgd
+from fsl_jax.learners.matching import FullContextEmbedding, matching_net
+from fsl_jax.learners.protonet import class_prototypes, protonet
+from fsl_jax.learners.relation import RelationEncoder, RelationModule, relation_mse_loss, relation_net
 from fsl_jax.learners.reptile import reptile
+from fsl_jax.learners.siamese import contrastive_loss, siamese
+from fsl_jax.learners.vae import VAEDecoder, VAEEncoder, cvae_classifier
 
 __all__ = [
-    "Learner", "accuracy", "anil", "inner_loop", "maml", "meta_loss", "meta_sgd", "mse_loss", "reptile",
-    "resolve_loss", "task_grad", "xent_loss",
+    "FullContextEmbedding", "Learner", "RelationEncoder", "RelationModule", "VAEDecoder", "VAEEncoder", "accuracy",
+    "anil", "class_prototypes", "contrastive_loss", "cvae_classifier", "inner_loop", "maml", "matching_net",
+    "meta_loss", "meta_sgd", "mse_loss", "protonet", "relation_mse_loss", "relation_net", "reptile", "resolve_loss",
+    "siamese", "task_grad", "xent_loss",
 ]

@@ -5,8 +5,9 @@ from fsl_jax.models.conv import Conv2d, Conv4, ConvBlock, Norm, im2col_conv, max
 from fsl_jax.models.gpt2 import GPT2, GPT2Config, generate
 from fsl_jax.models.hub import from_pretrained, save_pretrained
 from fsl_jax.models.mlp import MLP
+from fsl_jax.models.resnet import ResBlock, ResNet12
 
 __all__ = [
-    "Bert", "BertConfig", "Conv2d", "Conv4", "ConvBlock", "GPT2", "GPT2Config", "MLP", "Norm", "from_pretrained",
+    "Bert", "BertConfig", "Conv2d", "Conv4", "ConvBlock", "GPT2", "GPT2Config", "MLP", "Norm", "ResBlock", "ResNet12", "from_pretrained",
     "generate", "im2col_conv", "max_pool_2x2", "mean_pool", "save_pretrained", "sentence_embedding",
 ]

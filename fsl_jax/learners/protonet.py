@@ -1,0 +1,177 @@
+"""Prototypical Networks (Snell et al., 2017), and the helpers the other metric learners share.
+
+Adaptation is a closed form: each class's prototype is the mean embedding of its support examples; a query is scored
+by its (negative) distance to every prototype. Nothing is fitted per task, so the meta-gradient is ``jax.grad`` of the
+query cross-entropy straight through the encoder.
+
+The number of ways is a required, static argument of every metric learner. Labels are traced values inside ``jit``,
+so it cannot be read off the task; class sums are ``one_hot(support_y, ways).T @ embeddings`` (a matmul, fast under
+``vmap``). Support labels outside ``0..ways-1`` have an all-zero one-hot row and are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fsl_jax.learners.base import Learner, xent_loss
+from fsl_jax.tasks import Task
+
+Array = Any
+DISTANCES = ("sqeuclidean", "cosine")
+
+
+def check_ways(ways: Any) -> int:
+    """Returns ``ways`` as an int, or raises ``ValueError`` unless it is an int >= 2."""
+    if not isinstance(ways, (int, np.integer)) or isinstance(ways, bool) or ways < 2:
+        raise ValueError(f"ways must be an int >= 2, got {ways!r}")
+    return int(ways)
+
+
+def check_module(name: str, module: Any) -> nn.Module:
+    """Raises ``TypeError`` unless ``module`` is a ``flax.linen.Module``."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{name} must be a flax.linen.Module, got {type(module).__name__}")
+    return module
+
+
+def check_positive(name: str, value: Any) -> float:
+    """Returns ``value`` as a float, or raises ``ValueError`` unless it is a finite number > 0."""
+    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool) or not (
+        np.isfinite(value) and value > 0
+    ):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def embed(encoder: nn.Module, variables: Any, x: Array) -> Array:
+    """``encoder.apply(variables, x)`` flattened to ``[n, features]``."""
+    z = encoder.apply(variables, x)
+    return jnp.reshape(z, (z.shape[0], -1))
+
+
+def class_weights(labels: Array, ways: int, mask: Array | None = None, dtype: Any = jnp.float32) -> Array:
+    """``[n, ways]`` one-hot labels, zeroed where ``mask`` is 0 (padding) or the label is outside ``0..ways-1``."""
+    onehot = jax.nn.one_hot(labels, ways, dtype=dtype)
+    if mask is not None:
+        onehot = onehot * mask.astype(dtype)[:, None]
+    return onehot
+
+
+def class_prototypes(embeddings: Array, labels: Array, ways: int, mask: Array | None = None,
+                     reduce: str = "mean") -> Array:
+    """Per-class mean (or sum) of embeddings.
+
+    Args:
+      embeddings: ``[n, *features]``.
+      labels: ``[n]`` integer labels.
+      ways: number of classes.
+      mask: optional ``[n]`` weights; 0 drops an example.
+      reduce: ``"mean"`` or ``"sum"``. A class with no (unmasked) example gets a zero prototype.
+
+    Returns:
+      ``[ways, *features]``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> class_prototypes(jnp.array([[0.0], [2.0], [5.0]]), jnp.array([0, 0, 1]), 2).tolist()
+      [[1.0], [5.0]]
+    """
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    feature_shape = embeddings.shape[1:]
+    flat = jnp.reshape(embeddings, (embeddings.shape[0], -1))
+    weights = class_weights(labels, ways, mask, flat.dtype)
+    sums = weights.T @ flat
+    if reduce == "mean":
+        sums = sums / jnp.maximum(jnp.sum(weights, axis=0), 1.0)[:, None]
+    return jnp.reshape(sums, (ways, *feature_shape))
+
+
+def sqeuclidean(a: Array, b: Array) -> Array:
+    """``[n, m]`` squared Euclidean distances between rows of ``a [n, d]`` and ``b [m, d]`` (matmul form, >= 0)."""
+    d = jnp.sum(a * a, axis=1)[:, None] - 2.0 * (a @ b.T) + jnp.sum(b * b, axis=1)[None, :]
+    return jnp.maximum(d, 0.0)
+
+
+def cosine_similarity(a: Array, b: Array, eps: float = 1e-8) -> Array:
+    """``[n, m]`` cosine similarities between rows of ``a [n, d]`` and ``b [m, d]``."""
+    a = a * jax.lax.rsqrt(jnp.maximum(jnp.sum(a * a, axis=1, keepdims=True), eps))
+    b = b * jax.lax.rsqrt(jnp.maximum(jnp.sum(b * b, axis=1, keepdims=True), eps))
+    return a @ b.T
+
+
+def protonet(
+    encoder: nn.Module,
+    ways: int,
+    distance: str = "sqeuclidean",
+    temperature: float = 1.0,
+    learn_temperature: bool = False,
+) -> Learner:
+    """Prototypical Networks: classify queries by distance to per-class mean support embeddings.
+
+    * ``params``: the encoder's Flax variables (``encoder.init(key, task.support_x)``), or, with
+      ``learn_temperature=True``, ``{"encoder": variables, "log_temperature": scalar}``.
+    * ``adapt``: ``[ways, features]`` prototypes: the mean embedding of each class's support examples, weighted by
+      ``support_mask`` when present (a class without support examples gets a zero prototype).
+    * ``predict``: ``[n, ways]`` logits: ``-||f(x) - c_k||^2 / temperature`` (``"sqeuclidean"``, the paper's choice)
+      or ``cos(f(x), c_k) / temperature`` (``"cosine"``). With cosine, logits lie in ``[-1/T, 1/T]``: use a small
+      temperature (e.g. 0.1) or ``learn_temperature=True`` (initialised at ``temperature``, stored as its log).
+
+    The encoder sees the support set and the query set in separate calls, so a batch-statistics norm
+    (``Conv4(norm="batch")``) normalises each with its own statistics.
+
+    Args:
+      encoder: a ``flax.linen.Module`` mapping ``[n, *input]`` to ``[n, *features]`` (flattened), e.g.
+        ``fj.models.Conv4()`` (``num_classes=None``).
+      ways: number of classes per task (static).
+      distance: ``"sqeuclidean"`` or ``"cosine"``.
+      temperature: logits are divided by it (> 0).
+      learn_temperature: meta-learn the temperature.
+
+    Returns:
+      a :class:`~fsl_jax.Learner` with ``kind="classification"`` and the softmax cross-entropy loss.
+
+    Example:
+      >>> import jax, optax, fsl_jax as fj
+      >>> learner = fj.protonet(fj.models.Conv4(hidden=32), ways=5)
+      >>> sampler = fj.data.DeviceSampler(jax.random.uniform(jax.random.key(0), (20, 10, 28, 28, 1)), 5, 1, 5)
+      >>> params = learner.init(jax.random.key(1), sampler.sample_one(jax.random.key(2)))
+      >>> state = fj.TrainState.create(learner, params, optax.adam(1e-3))
+      >>> step = fj.make_meta_step(learner, optax.adam(1e-3), sampler=sampler.sample, meta_batch=4)
+      >>> state, metrics = step(state, jax.random.key(3))
+    """
+    check_module("encoder", encoder)
+    ways = check_ways(ways)
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    temperature = check_positive("temperature", temperature)
+
+    def split(params):
+        if learn_temperature:
+            return params["encoder"], jnp.exp(params["log_temperature"])
+        return params, temperature
+
+    def init(key: Array, task: Task):
+        variables = encoder.init(key, task.support_x)
+        if learn_temperature:
+            return {"encoder": variables, "log_temperature": jnp.log(jnp.asarray(temperature, jnp.float32))}
+        return variables
+
+    def adapt(params, task: Task, key: Array) -> Array:
+        del key
+        variables, _ = split(params)
+        return class_prototypes(embed(encoder, variables, task.support_x), task.support_y, ways, task.support_mask)
+
+    def predict(params, prototypes: Array, x: Array) -> Array:
+        variables, temp = split(params)
+        queries = embed(encoder, variables, x)
+        if distance == "sqeuclidean":
+            return -sqeuclidean(queries, prototypes) / temp
+        return cosine_similarity(queries, prototypes) / temp
+
+    return Learner(init=init, adapt=adapt, predict=predict, loss=xent_loss, kind="classification", name="protonet")
