@@ -15,7 +15,9 @@ import sys
 import time
 from typing import Any, Sequence
 
-LEARNERS = ("maml", "fomaml", "anil", "meta_sgd", "reptile")
+from fsl_jax.recipes import GRADIENT_BASED, IMAGE_LEARNERS
+
+LEARNERS = IMAGE_LEARNERS
 DATASETS = ("sinusoid", "digits", "glyphs")
 
 
@@ -91,42 +93,40 @@ def _image_splits(data: str):
 
 
 def _build(config: dict[str, Any]):
-    """Learner, training source and test source for a run configuration."""
-    import jax
+    """(Recipe, training source, test source) for a run configuration."""
+    import optax
     import fsl_jax as fj
+    from fsl_jax.recipes import Recipe, image_learner
 
     data = config["data"]
     name = config["learner"]
     if data == "sinusoid":
+        if name not in GRADIENT_BASED:
+            raise ValueError(f"--learner {name} needs classification data; sinusoid takes one of {GRADIENT_BASED}")
         model = fj.models.MLP(hidden=(40, 40), out=1)
-        loss = "mse"
         inner_lr = config["inner_lr"] or 0.01
         inner_steps = config["inner_steps"] or 1
         train_source = functools.partial(fj.data.sinusoid_tasks, shots=config["shots"], queries=config["queries"])
         test_source = functools.partial(fj.data.sinusoid_tasks, shots=config["shots"], queries=100)
-    else:
-        train_data, test_data = _image_splits(data)
-        ways = config["ways"]
-        for split_name, split in (("training", train_data), ("test", test_data)):
-            if ways > split.shape[0]:
-                raise ValueError(f"--ways {ways} exceeds the {split.shape[0]} {split_name} classes of {data}")
-        small = train_data.shape[2] < 16  # 8x8 digits: three pooling blocks bring them to 1x1
-        model = fj.models.Conv4(num_classes=ways, hidden=32 if small else 64, blocks=3 if small else 4)
-        loss = "xent"
-        inner_lr = config["inner_lr"] or 0.4
-        inner_steps = config["inner_steps"] or 1
-        train_source = fj.data.DeviceSampler(train_data, ways, config["shots"], config["queries"]).sample
-        test_source = fj.data.DeviceSampler(test_data, ways, config["shots"], config["queries"]).sample
-    if name in ("maml", "fomaml"):
-        learner = fj.maml(model, loss, inner_lr, inner_steps, first_order=name == "fomaml")
-    elif name == "anil":
-        learner = fj.anil(model, loss, inner_lr, inner_steps)
-    elif name == "meta_sgd":
-        learner = fj.meta_sgd(model, loss, inner_lr, inner_steps)
-    else:
-        learner = fj.reptile(model, loss, inner_lr, max(inner_steps, 5))
-    del jax
-    return learner, train_source, test_source
+        if name in ("maml", "fomaml"):
+            learner = fj.maml(model, "mse", inner_lr, inner_steps, first_order=name == "fomaml")
+        elif name == "anil":
+            learner = fj.anil(model, "mse", inner_lr, inner_steps)
+        elif name == "meta_sgd":
+            learner = fj.meta_sgd(model, "mse", inner_lr, inner_steps)
+        else:
+            learner = fj.reptile(model, "mse", inner_lr, max(inner_steps, 5))
+        return Recipe(learner, optax.adam(config["lr"])), train_source, test_source
+    train_data, test_data = _image_splits(data)
+    ways = config["ways"]
+    for split_name, split in (("training", train_data), ("test", test_data)):
+        if ways > split.shape[0]:
+            raise ValueError(f"--ways {ways} exceeds the {split.shape[0]} {split_name} classes of {data}")
+    recipe = image_learner(name, ways, image_shape=train_data.shape[2:], inner_lr=config["inner_lr"],
+                           inner_steps=config["inner_steps"], learning_rate=config["lr"])
+    train_source = fj.data.DeviceSampler(train_data, ways, config["shots"], config["queries"]).sample
+    test_source = fj.data.DeviceSampler(test_data, ways, config["shots"], config["queries"]).sample
+    return recipe, train_source, test_source
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -146,7 +146,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import jax
-    import optax
     import fsl_jax as fj
 
     _positive(args, "ways", "shots", "queries", "meta_batch", "steps", "inner_steps", "episodes")
@@ -163,9 +162,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(f"run folder {out!r} was made with other settings {changed}; use another --out")
     with open(config_path, "w") as f:
         json.dump(config, f, indent=2)
-    learner, train_source, test_source = _build(config)
+    recipe, train_source, test_source = _build(config)
+    learner = recipe.learner
+    if not recipe.trainable:  # a fixed baseline: nothing to train, evaluate it as it is
+        example = jax.tree_util.tree_map(lambda x: x[0], test_source(jax.random.key(0), 1))
+        params = learner.init(jax.random.key(0), example)
+        result = fj.evaluate(learner, params, test_source, episodes=args.episodes, key=jax.random.key(args.seed + 1))
+        print(f"test ({args.learner}, no training): {result}")
+        return 0
     state, history = fj.meta_train(
-        learner, optax.adam(args.lr), train_source, steps=args.steps, meta_batch=args.meta_batch,
+        learner, recipe.optimizer, train_source, steps=args.steps, meta_batch=args.meta_batch,
         key=jax.random.key(args.seed), log_every=max(1, min(100, args.steps // 20)),
         checkpoint_dir=os.path.join(out, "checkpoints"), log_dir=out, desc=f"{args.learner} on {args.data}",
     )
@@ -181,7 +187,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     import jax
-    import optax
     import fsl_jax as fj
 
     _positive(args, "episodes")
@@ -190,10 +195,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"run folder {args.run!r} has no config.json (was it written by 'fsl-jax train'?)")
     with open(config_path) as f:
         config = json.load(f)
-    learner, train_source, test_source = _build(config)
+    recipe, train_source, test_source = _build(config)
+    learner = recipe.learner
     example = jax.tree_util.tree_map(lambda x: x[0], train_source(jax.random.key(0), 1))
     params = learner.init(jax.random.key(0), example)
-    target = fj.TrainState.create(learner, params, optax.adam(config["lr"]))
+    target = fj.TrainState.create(learner, params, recipe.optimizer)
     state = fj.restore_checkpoint(os.path.join(args.run, "checkpoints"), target)
     result = fj.evaluate(learner, state.params, test_source, episodes=args.episodes, key=jax.random.key(args.seed),
                          progress=True)

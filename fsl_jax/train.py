@@ -274,6 +274,7 @@ def meta_train(
     progress: bool = True,
     desc: str | None = None,
     mesh: Any = None,
+    max_seconds: float | None = None,
 ) -> tuple[TrainState, History]:
     """Meta-trains ``learner`` for ``steps`` meta-steps.
 
@@ -300,6 +301,8 @@ def meta_train(
       progress: show a tqdm progress bar.
       desc: the progress bar's label.
       mesh: shard task batches over this mesh (see :mod:`fsl_jax.parallel`).
+      max_seconds: stop at the first logging point after this much wall time (a time-budgeted run); the state
+        then holds fewer than ``steps`` steps.
 
     Returns:
       ``(state, history)``.
@@ -322,6 +325,9 @@ def meta_train(
     meta_batch = _check_positive_int("meta_batch", meta_batch)
     log_every = _check_positive_int("log_every", log_every)
     checkpoint_every = _check_positive_int("checkpoint_every", checkpoint_every or log_every * 10)
+    if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
+                                    or not max_seconds > 0):
+        raise ValueError(f"max_seconds must be a positive number or None, got {max_seconds!r}")
     host = isinstance(source, HostSampler)
     if not host and not callable(source):
         raise TypeError(f"source must be a HostSampler or a callable (key, num_tasks) -> Task, got {type(source).__name__}")
@@ -359,7 +365,10 @@ def meta_train(
             state, metrics = step_fn(state, run_key)
         done = i + 1
         last = done == steps
-        if done % log_every == 0 or last:
+        logging = done % log_every == 0 or last
+        if logging and max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+            last = True
+        if logging:
             values = {k: float(v) for k, v in jax.device_get(metrics).items()}
             history.steps.append(done)
             history.metrics.append(values)
@@ -375,6 +384,8 @@ def meta_train(
         if checkpoint_dir is not None and (done % checkpoint_every == 0 or last):
             save_checkpoint(checkpoint_dir, state, keep=keep)
         bar.update(1)
+        if last:
+            break
     bar.close()
     if metrics is not None:
         jax.block_until_ready(state.params)

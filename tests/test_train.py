@@ -185,3 +185,12 @@ def test_bad_arguments():
         fj.meta_train(learner, optimizer, [1, 2], steps=2, meta_batch=2, key=jax.random.key(0))
     with pytest.raises(TypeError, match="learner"):
         fj.TrainState.create("maml", state.params, optimizer)
+
+
+def test_time_budget_stops_at_a_logging_point():
+    learner, optimizer, _ = _setup()
+    state, history = fj.meta_train(learner, optimizer, SOURCE, steps=10_000, meta_batch=2, key=jax.random.key(0),
+                                   log_every=7, max_seconds=1e-6, progress=False)
+    assert int(state.step) == 7 and history.steps == [7]
+    with pytest.raises(ValueError, match="max_seconds"):
+        fj.meta_train(learner, optimizer, SOURCE, steps=5, meta_batch=2, key=jax.random.key(0), max_seconds=-1)
