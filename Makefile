@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/maml_throughput.py --quick
+
+docs: $(STAMP)
+	rm -rf docs/_build
+	$(PY) -W error::UserWarning -m pdoc -o docs/_build fsl_jax
+	@echo "API reference: docs/_build/index.html"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

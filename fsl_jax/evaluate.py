@@ -1,6 +1,5 @@
 """Many-episode evaluation: adapt on each test task's support set, score its query set, report mean and 95 % CI."""
 
-from __future__ import annotations
 
 from typing import Any, NamedTuple
 

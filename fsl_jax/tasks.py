@@ -5,7 +5,6 @@ Every field is an array; a leading axis on every field makes the same type a *ba
 :func:`fsl_jax.make_meta_step` ``vmap``-s and what :mod:`fsl_jax.parallel` shards.
 """
 
-from __future__ import annotations
 
 from typing import Any, NamedTuple
 

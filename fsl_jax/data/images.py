@@ -7,7 +7,6 @@ ready for :class:`~fsl_jax.data.DeviceSampler` or :class:`~fsl_jax.data.HostSamp
 Nothing is downloaded: Omniglot and miniImageNet are read from folders in their usual published layouts.
 """
 
-from __future__ import annotations
 
 import csv
 import os

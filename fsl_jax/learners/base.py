@@ -4,7 +4,6 @@ A learner is a few pure functions (a :class:`Learner`), written for **one** task
 ``jax.vmap``; meta-gradients are ``jax.grad`` of :func:`meta_loss`.
 """
 
-from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
