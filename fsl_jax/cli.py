@@ -1,4 +1,4 @@
-"""The ``fsl-jax`` command: ``demo``, ``train``, ``eval``.
+"""The ``fsl-jax`` command: ``demo``, ``train``, ``eval``, ``report``.
 
 Every subcommand takes the same episode flags (``--learner --data --ways --shots --queries --meta-batch --steps
 --seed --out``). ``train`` writes a run folder (``config.json``, ``metrics.jsonl``, ``checkpoints/``); ``eval`` reads
@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="run folder written by 'fsl-jax train'")
     ev.add_argument("--episodes", type=int, default=600, help="test episodes (default 600)")
     ev.add_argument("--seed", type=int, default=1, help="random seed of the test episodes (default 1)")
+
+    rep = sub.add_parser("report", help="summarise a run folder and redraw its plots",
+                         description="Prints a run folder's settings, last logged metrics and evaluation, and redraws "
+                                     "learning_curve.png from metrics.jsonl.")
+    rep.add_argument("run", help="run folder written by 'fsl-jax train'")
     return parser
 
 
@@ -181,6 +186,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = fj.evaluate(learner, state.params, test_source, episodes=args.episodes,
                              key=jax.random.key(args.seed + 1), progress=True)
         print(f"test: {result}")
+        _save_eval(out, result, int(state.step))
     print(f"run folder: {os.path.abspath(out)}")
     return 0
 
@@ -208,6 +214,47 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _save_eval(out: str, result: Any, step: int) -> None:
+    with open(os.path.join(out, "eval.json"), "w") as f:
+        json.dump({"step": step, "metric": result.metric, "mean": result.mean, "ci95": result.ci95,
+                   "episodes": len(result.values)}, f, indent=2)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    import fsl_jax as fj
+
+    config_path = os.path.join(args.run, "config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"run folder {args.run!r} has no config.json (was it written by 'fsl-jax train'?)")
+    with open(config_path) as f:
+        config = json.load(f)
+    print("settings: " + ", ".join(f"{k}={v}" for k, v in config.items() if v is not None))
+    rows = []
+    metrics_path = os.path.join(args.run, "metrics.jsonl")
+    if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+            rows = [r for r in map(json.loads, f) if "step" in r]
+    if not rows:
+        print("no metrics logged yet")
+    else:
+        last = rows[-1]
+        print(f"logged {len(rows)} times, last at step {last['step']}: "
+              + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step"))
+        series = {name: ([r["step"] for r in rows], [r[name] for r in rows]) for name in ("loss", "accuracy")
+                  if all(name in r for r in rows)}
+        path = fj.plot_learning_curve(series, None, os.path.join(args.run, "learning_curve.png"),
+                                      title=f"{config['learner']} on {config['data']}")
+        print(f"plot: {path}")
+    eval_path = os.path.join(args.run, "eval.json")
+    if os.path.exists(eval_path):
+        with open(eval_path) as f:
+            ev = json.load(f)
+        scale, unit = (100, " %") if ev["metric"] == "accuracy" else (1, "")
+        print(f"test at step {ev['step']}: {ev['metric']} {scale * ev['mean']:.4g} +- {scale * ev['ci95']:.2g}{unit} "
+              f"({ev['episodes']} episodes)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fsl-jax`` console script."""
     parser = build_parser()
@@ -215,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    commands = {"demo": _cmd_demo, "train": _cmd_train, "eval": _cmd_eval}
+    commands = {"demo": _cmd_demo, "train": _cmd_train, "eval": _cmd_eval, "report": _cmd_report}
     try:
         return commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as exc:

@@ -22,7 +22,7 @@ def _cli(*args, cwd=None):
 def test_help_texts():
     top = _cli("--help")
     assert top.returncode == 0
-    for command in ("demo", "train", "eval"):
+    for command in ("demo", "train", "eval", "report"):
         assert command in top.stdout
         sub = _cli(command, "--help")
         assert sub.returncode == 0 and "usage: fsl-jax " + command in sub.stdout
@@ -52,6 +52,10 @@ def test_train_then_eval_sinusoid(tmp_path, capsys):
     assert main(["eval", str(out), "--episodes", "20"]) == 0
     printed = capsys.readouterr().out
     assert "after 40 steps: mse" in printed
+    assert main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "last at step 40" in printed and "test at step 40: mse" in printed
+    assert os.path.getsize(out / "learning_curve.png") > 5_000
     # a second train call on the same folder resumes instead of restarting
     assert main(["train", "--data", "sinusoid", "--steps", "50", "--meta-batch", "4", "--no-eval",
                  "--out", str(out)]) == 0
