@@ -69,3 +69,30 @@ def test_bad_model_input():
         fj.models.Conv4(norm="group").init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
     with pytest.raises(ValueError, match="conv_impl"):
         fj.models.Conv4(conv_impl="fast").init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+
+
+@pytest.mark.parametrize("learner_name", ["protonet", "maml"])
+def test_jitted_vmapped_gradient_equals_per_task_eager_gradients(learner_name):
+    # Regression: with reduce_max pooling after a batch-statistics norm, XLA:CPU fused the max's equality mask
+    # differently from the max itself and jit(vmap(grad)) was off by O(1) while each task's eager gradient was right.
+    images = jax.random.uniform(jax.random.key(2), (10, 8, 8, 8, 1))
+    tasks = fj.data.DeviceSampler(images, 3, 1, 2).sample(jax.random.key(3), 8)
+    if learner_name == "protonet":
+        learner = fj.protonet(fj.models.Conv4(hidden=4, blocks=2, conv_impl="xla"), ways=3)
+    else:
+        learner = fj.maml(fj.models.Conv4(num_classes=3, hidden=4, blocks=2, conv_impl="xla"), "xent", 0.1, 1)
+    params = learner.init(jax.random.key(0), fj.task_at(tasks, 0))
+    loss = lambda p, t: fj.meta_loss(learner, p, t, jax.random.key(0))[0]  # noqa: E731
+    batched = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(params, tasks)
+    for i in range(tasks.support_x.shape[0]):
+        eager = jax.grad(loss)(params, fj.task_at(tasks, i))
+        for a, b in zip(jax.tree_util.tree_leaves(batched), jax.tree_util.tree_leaves(eager)):
+            np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-4)
+
+
+def test_max_pool_gradient_goes_to_one_element_per_window():
+    x = jnp.array([[1.0, 3.0], [2.0, 3.0]]).reshape(1, 2, 2, 1)  # tie between two corners
+    g = jax.grad(lambda v: jnp.sum(max_pool_2x2(v)))(x)
+    assert float(jnp.sum(g)) == 1.0 and float(jnp.max(g)) == 1.0
+    hess = jax.hessian(lambda v: jnp.sum(max_pool_2x2(v) ** 2))(x)
+    assert float(jnp.sum(hess)) == 2.0

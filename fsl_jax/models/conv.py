@@ -83,11 +83,26 @@ def im2col_conv(x: Array, kernel: Array) -> Array:
 
 
 def max_pool_2x2(x: Array) -> Array:
-    """2x2 max-pooling with stride 2 ('VALID': odd trailing rows/columns are dropped) as reshape + max."""
-    n, h, w, c = x.shape
-    h2, w2 = h // 2, w // 2
+    """2x2 max-pooling with stride 2 ('VALID': odd trailing rows/columns are dropped).
+
+    Written as an argmax over the four strided slices of each window and a ``select``, not as ``reduce_max``:
+    the derivative of ``reduce_max`` compares the input with the recomputed maximum, and when XLA fuses the two
+    sides differently (seen on XLA:CPU with a batch-statistics norm under ``vmap``) that equality can fail and the
+    gradient comes out wrong. A select of the chosen element has exact derivatives of every order, forward and reverse.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> max_pool_2x2(jnp.arange(16.0).reshape(1, 4, 4, 1))[0, :, :, 0].tolist()
+      [[5.0, 7.0], [13.0, 15.0]]
+    """
+    h2, w2 = x.shape[1] // 2, x.shape[2] // 2
     x = x[:, : 2 * h2, : 2 * w2, :]
-    return x.reshape(n, h2, 2, w2, 2, c).max(axis=(2, 4))
+    corners = (x[:, 0::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 0::2], x[:, 1::2, 1::2])
+    choice = jax.lax.stop_gradient(jnp.argmax(jnp.stack(corners, axis=-1), axis=-1))
+    out = corners[3]
+    for i in (2, 1, 0):
+        out = jnp.where(choice == i, corners[i], out)
+    return out
 
 
 class Norm(nn.Module):
