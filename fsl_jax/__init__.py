@@ -7,7 +7,7 @@ Everything a user needs is importable from here::
     step = fj.make_meta_step(learner, optax.adam(1e-3))
 """
 
-from fsl_jax import data, models, parallel, plots
+from fsl_jax import data, llm, models, parallel, plots
 from fsl_jax.checkpoint import latest_step, restore_checkpoint, save_checkpoint
 from fsl_jax.evaluate import EvalResult, evaluate
 from fsl_jax.learners import (
@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClassificationReport", "ConfidenceInterval", "EvalResult", "History", "Learner", "NonFiniteError", "Task", "TrainState",
-    "anil", "cvae_classifier", "data", "matching_net", "protonet", "relation_net", "siamese", "evaluate", "latest_step", "make_meta_step", "maml", "mean_ci", "meta_loss", "meta_sgd",
+    "anil", "cvae_classifier", "data", "matching_net", "protonet", "relation_net", "siamese", "evaluate", "latest_step", "llm", "make_meta_step", "maml", "mean_ci", "meta_loss", "meta_sgd",
     "meta_train", "models", "parallel", "plot_accuracy_vs_shots", "plot_confusion_matrix", "plot_learning_curve",
     "plot_regression_fits", "plots", "classification_report", "reptile", "restore_checkpoint", "save_checkpoint", "task_at",
     "validate_task",

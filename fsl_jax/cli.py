@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="MAML and Meta-SGD on sinusoid regression vs the published MSE",
                           description="Meta-trains MAML and Meta-SGD on sinusoid regression for 5/10/20 shots, "
-                                      "prints post-adaptation MSE (mean +- 95%% CI over 600 tasks) beside the "
+                                      "prints post-adaptation MSE (mean +- 95 % CI over 600 tasks) beside the "
                                       "published figures, and writes results.json and PNG plots to --out.")
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--steps", type=int, default=20000, help="meta-steps per (learner, shots) (default 20000)")
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a trained run folder",
                         description="Restores the latest checkpoint of a run folder and evaluates it on test "
-                                    "episodes: accuracy (or MSE) with a 95%% confidence interval.")
+                                    "episodes: accuracy (or MSE) with a 95 % confidence interval.")
     ev.add_argument("run", help="run folder written by 'fsl-jax train'")
     ev.add_argument("--episodes", type=int, default=600, help="test episodes (default 600)")
     ev.add_argument("--seed", type=int, default=1, help="random seed of the test episodes (default 1)")
@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Prints a run folder's settings, last logged metrics and evaluation, and redraws "
                                      "learning_curve.png from metrics.jsonl.")
     rep.add_argument("run", help="run folder written by 'fsl-jax train'")
+
+    from fsl_jax.llm.prompt_cli import add_prompt_parser
+    from fsl_jax.llm.text_cli import add_text_parser
+
+    add_text_parser(sub)
+    add_prompt_parser(sub)
     return parser
 
 
@@ -262,7 +268,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    commands = {"demo": _cmd_demo, "train": _cmd_train, "eval": _cmd_eval, "report": _cmd_report}
+    from fsl_jax.llm.prompt_cli import run_prompt
+    from fsl_jax.llm.text_cli import run_text
+
+    commands = {"demo": _cmd_demo, "train": _cmd_train, "eval": _cmd_eval, "report": _cmd_report, "text": run_text,
+                "prompt": run_prompt}
     try:
         return commands[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as exc:

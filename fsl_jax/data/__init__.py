@@ -1,4 +1,6 @@
-"""Episode sources: samplers, sinusoid tasks and offline image data sets."""
+"""Episode sources: samplers, sinusoid tasks, offline image data sets and text data sets (:mod:`fsl_jax.data.text`)."""
+
+from fsl_jax.data import text
 
 from fsl_jax.data.glyphs import glyphs
 from fsl_jax.data.images import ClassDataset, digits, mini_imagenet, omniglot
@@ -7,5 +9,5 @@ from fsl_jax.data.sinusoid import sinusoid_params, sinusoid_tasks
 
 __all__ = [
     "ClassDataset", "DeviceSampler", "HostSampler", "digits", "glyphs", "mini_imagenet", "omniglot", "sinusoid_params",
-    "sinusoid_tasks",
+    "sinusoid_tasks", "text",
 ]

