@@ -121,3 +121,92 @@ def test_evaluate_arguments(episodes, batch_size, source):
     else:
         with pytest.raises(EXPECTED):
             fj.evaluate(LEARNER, params, src, episodes=episodes, key=jax.random.key(1), batch_size=batch_size)
+
+
+# ----------------------------------------------------------------------------------------------- text and prompting
+
+slot_pieces = st.sampled_from(["{text}", "{label}", "{}", "{0}", "{topic}", "{", "}", "{{", "}}", "Review: ", "\n", "x"])
+
+
+@FAST
+@given(pieces=st.lists(slot_pieces, max_size=6), topic=st.one_of(st.none(), st.just("news")))
+def test_template_patterns(pieces, topic):
+    pattern = "".join(pieces)
+    fields = {} if topic is None else {"topic": topic}
+    try:
+        template = fj.llm.Template(pattern, **fields)
+    except EXPECTED:
+        return
+    # Whatever was accepted renders, and the text lands in the prompt.
+    assert "QQQ" in template.render("QQQ", "yes")
+    assert "QQQ" in template.prompt("QQQ")
+
+
+@FAST
+@given(mapping=st.one_of(
+    st.dictionaries(st.one_of(st.text(max_size=3), st.integers(0, 3)),
+                    st.one_of(st.text(max_size=4), st.lists(st.text(max_size=4), max_size=3)), max_size=3),
+    st.none(), st.lists(st.text(max_size=2), max_size=2), st.integers()))
+def test_verbalizer_mappings(mapping):
+    try:
+        verbalizer = fj.llm.Verbalizer(mapping)
+    except EXPECTED:
+        return
+    assert len(verbalizer.labels) == len(mapping) >= 1
+    assert all(verbalizer.words[label] and all(verbalizer.words[label]) for label in verbalizer.labels)
+
+
+texts_strategy = st.one_of(st.lists(st.one_of(st.text(min_size=1, max_size=5), st.integers(), st.none()), max_size=4),
+                           st.none(), st.text(max_size=4), st.integers())
+labels_strategy = st.one_of(st.lists(st.one_of(st.sampled_from(["a", "b"]), st.integers(0, 1), st.just([1])),
+                                     max_size=5), st.none(), st.integers())
+
+
+@FAST
+@given(texts=texts_strategy, labels=labels_strategy)
+def test_text_classifier_fit_rejects_bad_support_sets(texts, labels):
+    valid = (isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts)
+             and isinstance(labels, list) and len(labels) == len(texts)
+             and all(not isinstance(label, list) for label in labels) and len(set(labels)) >= 2)
+    if valid:
+        return  # a valid support set would start a real fit; the bad ones are what this property is about
+    clf = fj.llm.FewShotTextClassifier("all-MiniLM-L6-v2", "head")
+    with pytest.raises(EXPECTED):
+        clf.fit(texts, labels)
+
+
+@FAST
+@given(method=st.one_of(st.sampled_from(["head", "finetune", "setfit", "protonet", "anil", "knn", ""]), st.none()),
+       max_length=st.one_of(st.integers(-2, 300), bad_counts), batch_size=st.one_of(st.integers(-1, 8), bad_counts),
+       backbone=st.sampled_from(["all-MiniLM-L6-v2", "/nonexistent/bert", ""]))
+def test_text_classifier_constructor(method, max_length, batch_size, backbone):
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    valid = (method in ("head", "finetune", "setfit", "protonet", "anil") and is_int(max_length) and max_length >= 2
+             and is_int(batch_size) and batch_size >= 1 and backbone == "all-MiniLM-L6-v2")
+    if valid:
+        clf = fj.llm.FewShotTextClassifier(backbone, method, max_length=max_length, batch_size=batch_size)
+        assert clf.method == method and not clf.is_fitted
+    else:
+        with pytest.raises(EXPECTED + (FileNotFoundError,)):
+            fj.llm.FewShotTextClassifier(backbone, method, max_length=max_length, batch_size=batch_size)
+
+
+@FAST
+@given(temperature=st.one_of(st.floats(allow_nan=True, allow_infinity=False), st.integers(-1, 3), st.none()),
+       alpha=st.one_of(st.floats(-1, 2), st.just(float("nan")), st.none()), steps=st.one_of(st.integers(-1, 2), bad_counts),
+       shape=st.sampled_from([(), (0, 2), (4, 2), (4,), (4, 5)]), only_inputs=st.booleans())
+def test_distill_arguments(temperature, alpha, steps, shape, only_inputs):
+    if only_inputs:  # every other argument valid: the inputs' shape alone decides
+        temperature, alpha, steps = 2.0, 0.5, 1
+    student = fj.models.MLP(hidden=(), out=3)
+    params = student.init(jax.random.key(0), np.zeros((1, 2), np.float32))
+    inputs = np.ones(shape, np.float32)
+    teacher = lambda x: np.ones((x.shape[0], 3), np.float32)  # noqa: E731
+    valid = (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0
+             and isinstance(alpha, float) and 0 <= alpha <= 1 and isinstance(steps, int)
+             and not isinstance(steps, bool) and steps >= 1 and shape == (4, 2))
+    if valid:
+        fj.llm.distill(teacher, student, params, inputs, steps=steps, temperature=temperature, alpha=alpha)
+    else:
+        with pytest.raises(EXPECTED):
+            fj.llm.distill(teacher, student, params, inputs, steps=steps, temperature=temperature, alpha=alpha)

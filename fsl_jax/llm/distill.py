@@ -155,6 +155,8 @@ def distill(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     arrays = tuple(jnp.asarray(a) for a in _as_tuple(inputs))
+    if not arrays or any(a.ndim == 0 for a in arrays):
+        raise ValueError(f"inputs must be arrays with a leading example axis, got shapes {[a.shape for a in arrays]}")
     n = int(arrays[0].shape[0])
     if n == 0:
         raise ValueError("inputs is empty")
@@ -172,6 +174,14 @@ def distill(
             raise ValueError(f"labels go up to {int(jnp.max(labels))} but the teacher has {targets.shape[1]} classes")
 
     apply = student.apply if isinstance(student, nn.Module) else student
+    try:
+        out = jax.eval_shape(apply, student_params, *(a[:1] for a in arrays))
+    except Exception as e:  # noqa: BLE001 - any failure here is a model / input mismatch
+        raise ValueError(f"student cannot be applied to inputs of shapes {[a.shape for a in arrays]}: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
+    if getattr(out, "shape", None) != (1, targets.shape[1]):
+        raise ValueError(f"student logits must be [batch, {targets.shape[1]}] like the teacher's, got shape "
+                         f"{getattr(out, 'shape', None)} for one input")
     optimizer = optimizer if optimizer is not None else optax.adam(learning_rate)
     params = jax.tree_util.tree_map(jnp.array, student_params)
     opt_state = optimizer.init(params)
