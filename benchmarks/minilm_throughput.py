@@ -3,6 +3,7 @@
     bash benchmarks/setup_bench_env.sh                 # once: .venv-bench with torch 2.13.0 CPU + transformers
     python benchmarks/minilm_throughput.py             # batch 16 x 128 tokens, 20 timed steps each
     python benchmarks/minilm_throughput.py --batch 32 --length 64 --steps 10
+    python benchmarks/minilm_throughput.py --dropout off --out benchmarks/results/minilm_throughput_nodropout.json
 
 The step is what ``FewShotTextClassifier(method="finetune")`` runs: all-MiniLM-L6-v2 (6 layers, hidden 384) + mean
 pooling + a linear head, dropout on, cross-entropy, AdamW on every weight. fsl_jax runs the library's own compiled,
@@ -35,12 +36,15 @@ sys.path.insert(0, ROOT)
 TORCH_SIDE = r"""
 import json, statistics, sys, time
 import numpy as np, torch
+# learn2learn's torchvision wheel does not load against the CPU torch wheel; BERT does not need it.
+sys.modules["torchvision"] = None
 from transformers import BertModel
 cfg = json.loads(sys.argv[1])
 torch.manual_seed(0)
 data = np.load(cfg["batch"])
 ids, mask, y = (torch.from_numpy(data[k]) for k in ("ids", "mask", "y"))
-bert = BertModel.from_pretrained(cfg["folder"], add_pooling_layer=False, attn_implementation="eager")
+drop = {} if cfg["dropout"] else {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+bert = BertModel.from_pretrained(cfg["folder"], add_pooling_layer=False, attn_implementation="eager", **drop)
 head = torch.nn.Linear(bert.config.hidden_size, cfg["classes"])
 with torch.no_grad():
     head.weight.copy_(torch.from_numpy(data["head_w"]).T); head.bias.copy_(torch.from_numpy(data["head_b"]))
@@ -85,7 +89,7 @@ def run_fsl_jax(args, ids, y, classes):
     params = jax.tree_util.tree_map(jnp.array, variables["params"])  # a private copy: the step donates it
     head = jax.tree_util.tree_map(np.asarray, params["head"])
     reference = np.asarray(module.apply({"params": params}, jnp.asarray(ids)))
-    tx, step, _ = _finetune_fns(module, 1e-4, 1e-4, 0.01, 10_000, True)
+    tx, step, _ = _finetune_fns(module, 1e-4, 1e-4, 0.01, 10_000, args.dropout == "on")
     state = (params, tx.init(params))
     ids_d, y_d, idx = jnp.asarray(ids), jnp.asarray(y), jnp.arange(len(y))
 
@@ -114,6 +118,8 @@ def main(argv=None) -> int:
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--steps", type=int, default=20, help="timed steps per implementation")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--dropout", choices=("on", "off"), default="on",
+                   help="dropout in both implementations (default on, as FewShotTextClassifier trains)")
     p.add_argument("--torch-python", default=os.path.join(ROOT, ".venv-bench", "bin", "python"))
     p.add_argument("--out", default=os.path.join(HERE, "results", "minilm_throughput.json"))
     args = p.parse_args(argv)
@@ -140,7 +146,7 @@ def main(argv=None) -> int:
             np.savez(batch, ids=ids.astype(np.int64), mask=mask.astype(np.int64), y=y,
                      head_w=np.asarray(head["kernel"]), head_b=np.asarray(head["bias"]))
             cfg = {"batch": batch, "folder": bb.folder, "classes": classes, "steps": args.steps,
-                   "warmup": args.warmup}
+                   "warmup": args.warmup, "dropout": args.dropout == "on"}
             proc = subprocess.run([args.torch_python, "-c", TORCH_SIDE, json.dumps(cfg)], capture_output=True,
                                   text=True)
         if proc.returncode != 0:
@@ -166,7 +172,8 @@ def main(argv=None) -> int:
     for r in results.values():
         r["logits"] = None
     base = dict((n, e) for n, _, e, _ in rows).get("transformers_torch")
-    print(f"\nMiniLM fine-tuning step (forward + backward + AdamW), batch {args.batch} x {ids.shape[1]}, "
+    print(f"\nMiniLM fine-tuning step (forward + backward + AdamW, dropout {args.dropout}), batch {args.batch} x "
+          f"{ids.shape[1]}, "
           f"median of {args.steps} steps after {args.warmup} warm-up; {os.cpu_count()} CPU cores\n")
     print("| implementation | s / step | examples / s | vs transformers PyTorch | first step (compile) s |")
     print("|---|---|---|---|---|")
