@@ -55,11 +55,26 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainState, *, keep: in
 
 
 def latest_step(directory: str | os.PathLike) -> int | None:
-    """The newest checkpoint's step under ``directory``, or ``None`` when there is none."""
-    if not os.path.isdir(directory):
+    """The newest checkpoint's step under ``directory``, or ``None`` when there is none.
+
+    Safe to call while another process is writing to ``directory``: it only lists the finalised step folders (orbax
+    writes a checkpoint under a temporary name and renames it to its step when complete), without opening any of
+    them, so a folder deleted meanwhile by ``keep`` cannot make it fail.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     for name in ("5", "10", "15.orbax-checkpoint-tmp-1"):
+        ...         os.mkdir(os.path.join(tmp, name))
+        ...     latest_step(tmp)
+        10
+    """
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    with _manager(directory) as manager:
-        return manager.latest_step()
+    steps = [int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n))]
+    return max(steps) if steps else None
 
 
 def restore_checkpoint(directory: str | os.PathLike, target: TrainState, *, step: int | None = None) -> TrainState:

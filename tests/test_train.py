@@ -167,6 +167,10 @@ def test_keep_last_n_checkpoints(tmp_path):
         state, _ = step(state, jax.random.key(0))
         fj.save_checkpoint(tmp_path, state, keep=2)
     assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == [4, 5]
+    assert fj.latest_step(tmp_path) == 5 == int(fj.restore_checkpoint(tmp_path, state).step)
+    (tmp_path / "6.orbax-checkpoint-tmp-0").mkdir()  # an unfinished save (a writer killed mid-save) is not a step
+    assert fj.latest_step(tmp_path) == 5
+    assert fj.latest_step(tmp_path / "missing") is None
 
 
 def test_bad_arguments():
