@@ -34,8 +34,8 @@ from fsl_jax.llm.prompting import (
 )
 
 __all__ = [
-    "Augmenter", "EmbeddingReplacement", "FewShotTextClassifier", "ICLResult", "ICLTransformer", "LMFinetuneClassifier",
-    "PromptClassifier", "PromptSearchResult", "RandomDeletion", "RandomInsertion", "RandomSwap", "Rewrite", "Template",
+    "Augmenter", "EmbeddingReplacement", "FewShotTextClassifier", "ICLTransformer", "LMFinetuneClassifier",
+    "PromptClassifier", "RandomDeletion", "RandomInsertion", "RandomSwap", "Rewrite", "Template",
     "Verbalizer", "agreement", "distill", "distill_loss", "eda", "evaluate_icl", "gaussian_episodes", "generate_text",
     "icl_learner", "kl_divergence", "meta_train_icl", "sentence_embed_fn", "token_embedding_matrix",
 ]
