@@ -443,10 +443,15 @@ def fmt(value, spec=".1f", missing="-"):
     return format(value, spec)
 
 
+def header(head: str) -> list[str]:
+    """A markdown table's header line and its ``|---|`` separator, one column per cell of ``head``."""
+    return [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+
+
 def table_main(rows: list[dict]) -> str:
     head = ("| workload | order | impl | meta-batch | grad rel err | compile s | first step s | median step ms | "
             "steps/s | tasks/s | peak RSS MB | GFLOP/step |")
-    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    lines = header(head)
     for r in rows:
         res = r["result"]
         if "step_s" not in res:
@@ -466,7 +471,7 @@ def table_main(rows: list[dict]) -> str:
 def table_explore(rows: list[dict]) -> str:
     head = ("| fsl_jax option (conv, second order, meta-batch 32) | compile s | median step s | peak RSS MB | "
             "XLA temp MB | GFLOP/step (jaxpr) | XLA cost_analysis GFLOP |")
-    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    lines = header(head)
     for r in rows:
         res = r["result"]
         if "step_s" not in res:
@@ -488,7 +493,7 @@ def table_sweep(rows: list[dict]) -> str:
             sizes.add(r["meta_batch"])
     sizes_sorted = sorted(sizes)
     head = "| workload | order | impl | " + " | ".join(f"mb {s}" for s in sizes_sorted) + " |"
-    lines = ["tasks/s by meta-batch size:", "", head, "|" + "|".join(["---"] * (3 + len(sizes_sorted))) + "|"]
+    lines = ["tasks/s by meta-batch size:", "", *header(head)]
     for (w, o, i), by in groups.items():
         lines.append(f"| {w} | {o} | {i} | " + " | ".join(fmt(by.get(s), ".1f") for s in sizes_sorted) + " |")
     return "\n".join(lines)
