@@ -88,6 +88,18 @@ def restore_checkpoint(directory: str | os.PathLike, target: TrainState, *, step
     Raises:
       FileNotFoundError: no checkpoint in ``directory`` (or not that ``step``).
       ValueError: the checkpoint's structure or shapes do not match ``target``.
+
+    Example:
+      >>> import tempfile, jax, optax, fsl_jax as fj
+      >>> learner = fj.maml(fj.models.MLP((8,)), "mse")
+      >>> params = learner.init(jax.random.key(0), fj.task_at(fj.data.sinusoid_tasks(jax.random.key(1), 1, 5, 5), 0))
+      >>> state = fj.TrainState.create(learner, params, optax.adam(1e-3))
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     fj.save_checkpoint(tmp, state.replace(step=state.step + 7))
+      ...     restored = fj.restore_checkpoint(tmp, state)
+      7
+      >>> int(restored.step)
+      7
     """
     if not isinstance(target, TrainState):
         raise TypeError(f"target must be a fsl_jax.TrainState, got {type(target).__name__}")

@@ -25,6 +25,12 @@ class EvalResult(NamedTuple):
       std: sample standard deviation over episodes.
       values: the per-episode metric, ``[episodes]``.
       loss: the mean query loss.
+
+    Example:
+      >>> import numpy as np
+      >>> from fsl_jax.evaluate import EvalResult
+      >>> print(EvalResult("accuracy", 0.9, 0.02, 0.1, np.full(100, 0.9), 0.3))
+      accuracy 90.00 +- 2.00 % (100 episodes)
     """
 
     metric: str

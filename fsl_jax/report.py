@@ -36,6 +36,14 @@ class ConfidenceInterval(NamedTuple):
         the name reflects the usual 95% default). ``nan`` when ``n == 1``.
       std: sample standard deviation (``ddof=1``); ``nan`` when ``n == 1``.
       n: number of values.
+
+    Example:
+      >>> import fsl_jax as fj
+      >>> ci = fj.mean_ci([0.8, 0.9, 1.0])
+      >>> round(ci.mean, 3), ci.n
+      (0.9, 3)
+      >>> print(ci.format())
+      90.00 +- 11.32
     """
 
     mean: float
@@ -152,6 +160,16 @@ class ClassificationReport:
       confusion_matrix: ``[k, k]`` integer counts, rows = true label, columns = predicted label.
       labels_cover_all: whether ``labels`` includes every label present in ``y_true`` / ``y_pred``; then
         :meth:`as_dict` and ``str()`` show an ``accuracy`` row, otherwise a ``micro avg`` row (as scikit-learn).
+
+    Example:
+      >>> import fsl_jax as fj
+      >>> report = fj.classification_report(["cat", "cat", "dog", "dog"], ["cat", "dog", "dog", "dog"])
+      >>> report.accuracy, report.label_names
+      (0.75, ('cat', 'dog'))
+      >>> report.confusion_matrix.tolist()
+      [[1, 1], [0, 2]]
+      >>> [round(float(p), 3) for p in report.precision]
+      [1.0, 0.667]
     """
 
     labels: np.ndarray

@@ -75,7 +75,16 @@ def _concrete(x: Any) -> bool:
 
 
 def validate_task(task: Task, *, batched: bool = False, num_ways: int | None = None) -> Task:
-    """Validates a :class:`Task`; see :meth:`Task.validate`."""
+    """Validates a :class:`Task`; see :meth:`Task.validate`.
+
+    Example:
+      >>> import numpy as np, fsl_jax as fj
+      >>> task = fj.Task(np.zeros((4, 2)), np.array([0, 0, 1, 1]), np.zeros((2, 2)), np.array([0, 3]))
+      >>> fj.validate_task(task, num_ways=2)
+      Traceback (most recent call last):
+      ...
+      ValueError: Task.query_y labels must lie in 0..1, got values in 0..3
+    """
     if not isinstance(task, Task):
         raise TypeError(f"task must be a fsl_jax.Task, got {type(task).__name__}")
     lead = 1 if batched else 0
@@ -133,5 +142,12 @@ def num_tasks(tasks: Task) -> int:
 
 
 def task_at(tasks: Task, index: int) -> Task:
-    """The ``index``-th task of a batch."""
+    """The ``index``-th task of a batch.
+
+    Example:
+      >>> import jax, fsl_jax as fj
+      >>> tasks = fj.data.sinusoid_tasks(jax.random.key(0), 8, 5, 10)   # 8 tasks, 5 support / 10 query points
+      >>> tasks.support_x.shape, fj.task_at(tasks, 3).support_x.shape
+      ((8, 5, 1), (5, 1))
+    """
     return jax.tree_util.tree_map(lambda x: x[index], tasks)

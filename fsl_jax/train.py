@@ -37,6 +37,15 @@ class TrainState(flax.struct.PyTreeNode):
       nonfinite_steps: steps whose loss or gradient was NaN/Inf (int32 scalar).
       first_nonfinite_step: the first such step, or -1.
       tx: the optax ``GradientTransformation`` (static).
+
+    Example:
+      >>> import jax, optax, fsl_jax as fj
+      >>> learner = fj.maml(fj.models.MLP((8,)), "mse")
+      >>> tasks = fj.data.sinusoid_tasks(jax.random.key(0), 4, 5, 5)
+      >>> state = fj.TrainState.create(learner, learner.init(jax.random.key(1), fj.task_at(tasks, 0)), optax.sgd(1e-3))
+      >>> state, metrics = fj.make_meta_step(learner, optax.sgd(1e-3))(state, tasks, jax.random.key(2))
+      >>> int(state.step), int(state.nonfinite_steps), int(state.first_nonfinite_step)
+      (1, 0, -1)
     """
 
     step: Array
@@ -241,16 +250,42 @@ def make_meta_step(
 
 
 class NonFiniteError(FloatingPointError):
-    """Raised by :func:`meta_train` when a meta-step produced a NaN/Inf loss or gradient."""
+    """Raised by :func:`meta_train` when a meta-step produced a NaN/Inf loss or gradient.
+
+    Its message names the first such step; ``meta_train(..., skip_nonfinite=True)`` skips those steps instead.
+
+    Example:
+      >>> import jax, optax, fsl_jax as fj
+      >>> learner = fj.maml(fj.models.MLP((8,)), "mse", inner_lr=1e30)  # diverges at once
+      >>> source = lambda key, n: fj.data.sinusoid_tasks(key, n, 5, 5)
+      >>> try:
+      ...     fj.meta_train(learner, optax.sgd(1e-3), source, steps=5, meta_batch=2, key=jax.random.key(0))
+      ... except fj.NonFiniteError as err:
+      ...     print(type(err).__name__)
+      NonFiniteError
+    """
 
 
 class History(NamedTuple):
-    """Logged metrics of a :func:`meta_train` run: ``steps[i]`` is the step at which ``metrics[i]`` was read."""
+    """Logged metrics of a :func:`meta_train` run: ``steps[i]`` is the step at which ``metrics[i]`` was read.
+
+    Example:
+      >>> import jax, optax, fsl_jax as fj
+      >>> learner = fj.maml(fj.models.MLP((8,)), "mse")
+      >>> source = lambda key, n: fj.data.sinusoid_tasks(key, n, 5, 5)
+      >>> state, history = fj.meta_train(learner, optax.adam(1e-3), source, steps=20, meta_batch=2,
+      ...                                key=jax.random.key(0), log_every=10)
+      >>> history.steps
+      [10, 20]
+      >>> history.series("loss").shape
+      (2,)
+    """
 
     steps: list
     metrics: list
 
     def series(self, name: str) -> np.ndarray:
+        """The logged values of metric ``name`` (e.g. ``"loss"``), one per logged step."""
         return np.asarray([m[name] for m in self.metrics])
 
 

@@ -31,6 +31,27 @@ class Learner(NamedTuple):
       name: a short name used in logs and tables.
       extra_loss: optional ``(params, adapted, task, key) -> scalar`` added to the query loss during meta-training
         (a regulariser or an ELBO term); not counted in evaluation metrics.
+
+    Example: nearest class mean on the raw inputs, with a learned input scale (``examples/custom_learner.py`` has a
+    fuller one).
+
+      >>> import jax, jax.numpy as jnp, fsl_jax as fj
+      >>> from fsl_jax.learners.base import xent_loss
+      >>> def adapt(params, task, key):  # class means of the scaled support inputs, [ways, features]
+      ...     onehot = jax.nn.one_hot(task.support_y, 2)
+      ...     return onehot.T @ (task.support_x * params["scale"]) / onehot.sum(0)[:, None]
+      >>> def predict(params, means, x):  # logits: minus squared distances to the class means
+      ...     return -(((x * params["scale"])[:, None] - means[None]) ** 2).sum(-1)
+      >>> learner = fj.Learner(init=lambda key, task: {"scale": jnp.ones(task.support_x.shape[1:])},
+      ...                      adapt=adapt, predict=predict, loss=xent_loss, name="centroid")
+      >>> task = fj.Task(jnp.array([[0.0, 0.0], [1.0, 1.0]]), jnp.array([0, 1]),
+      ...                jnp.array([[0.1, 0.2], [0.9, 0.8]]), jnp.array([0, 1]))
+      >>> params = learner.init(jax.random.key(0), task)
+      >>> learner.predict(params, learner.adapt(params, task, None), task.query_x).argmax(-1).tolist()
+      [0, 1]
+      >>> loss, aux = fj.meta_loss(learner, params, task, jax.random.key(1))
+      >>> bool(loss < 0.5)
+      True
     """
 
     init: Callable[[Array, Task], Params]
