@@ -332,6 +332,7 @@ def test_text_cli_head_on_a_tiny_csv(tiny_bert, tmp_path, capsys):
     assert set(result["label_names"]) == {"money", "sport", "tech"}
     with pytest.raises(ValueError, match="--shots must be >= 1"):
         run_text(parser.parse_args(["text", "--data", str(path), "--shots", "0", "--backbone", tiny_bert]))
+    assert parser.parse_args(["text", "--learner", "setfit"]).method == "setfit"  # the flag name 'train' uses
 
 
 # ------------------------------------------------------------------------------------------------ meta-learning

@@ -42,7 +42,8 @@ def add_text_parser(subparsers: Any) -> argparse.ArgumentParser:
         "text", help="few-shot text classification with BERT (head / finetune / setfit / protonet / anil)",
         description="Fits a few-shot text classifier on --draws random support sets of --shots texts per class and "
                     "reports test accuracy (mean +- 95 % CI over draws) and per-class precision / recall / F1.")
-    p.add_argument("--method", choices=METHODS, default="head", help="few-shot method (default: head)")
+    p.add_argument("--method", "--learner", dest="method", choices=METHODS, default="head",
+                   help="few-shot method (default: head); --learner is the same flag, as in 'fsl-jax train'")
     p.add_argument("--data", default="bbc",
                    help="'bbc' (bundled BBC News, 5 topics) or a .csv / .tsv / .jsonl / .json file (default: bbc)")
     p.add_argument("--text-column", default="text", help="text column of --data files (default: text)")
