@@ -6,6 +6,11 @@ step computes the same numbers as the single-device one.
 
 Multi-host (TPU slices, several GPU hosts): call ``jax.distributed.initialize()`` on every host first, then
 ``task_mesh()`` spans ``jax.devices()`` across hosts; each host feeds the same global key to a device-side sampler.
+
+Simulated CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count=N``) share one thread pool, and a sharded
+step's all-reduce blocks a thread until every device's part arrives. Keep one sharded step in flight there (call
+``jax.block_until_ready`` on the state after each step, as :func:`fsl_jax.meta_train` does on a CPU mesh): with many
+steps dispatched ahead, XLA:CPU can deadlock in the all-reduce and aborts the process after 40 s.
 """
 
 from __future__ import annotations

@@ -387,6 +387,12 @@ def meta_train(
         step_fn = make_meta_step(learner, optimizer, sampler=source, meta_batch=meta_batch, task_chunk=task_chunk,
                                  skip_nonfinite=skip_nonfinite, mesh=mesh)
 
+    # XLA:CPU runs every simulated device's part of a step on one shared thread pool, and a participant that reaches
+    # a collective blocks its thread until all have arrived. With many steps in flight (asynchronous dispatch), the
+    # participants of a later step can hold every thread while a participant of an earlier step waits for one: the
+    # all-reduce never completes and XLA aborts the process after 40 s. One step in flight avoids that, at the cost
+    # of a host sync per step (cheap next to a step; real accelerators keep asynchronous dispatch).
+    sync_each_step = mesh is not None and mesh.size > 1 and all(d.platform == "cpu" for d in mesh.devices.flat)
     history = History([], [])
     start = int(state.step)
     bar = tqdm(total=steps, initial=start, desc=desc or learner.name, disable=not progress, dynamic_ncols=True)
@@ -398,6 +404,8 @@ def meta_train(
             state, metrics = step_fn(state, tasks, jax.random.fold_in(run_key, i))
         else:
             state, metrics = step_fn(state, run_key)
+        if sync_each_step:
+            jax.block_until_ready(state.step)
         done = i + 1
         last = done == steps
         logging = done % log_every == 0 or last

@@ -66,6 +66,11 @@ SCRIPT = textwrap.dedent(
         assert "12 tasks" in str(exc), exc
     else:
         raise AssertionError("an uneven task batch must raise")
+    # meta_train over the mesh for more steps than log_every: without one step in flight on CPU devices, XLA:CPU's
+    # all-reduce deadlocks on the shared thread pool and aborts the process
+    trained, history = fj.meta_train(learner, opt, src, mesh=mesh, steps=300, meta_batch=16, key=jax.random.key(6),
+                                     log_every=150, progress=False)
+    assert int(trained.step) == 300 and history.steps == [150, 300], history.steps
     print("ALL OK")
     """
 )
