@@ -25,10 +25,11 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow --durations=15
 
-# Quick benchmarks (< 15 min on 2 CPU cores): the PyTorch peers live in their own .venv-bench, never in .venv.
+# Quick benchmarks (about 25 min on 2 CPU cores): the PyTorch peers live in their own .venv-bench, never in .venv.
 bench: $(STAMP)
 	bash benchmarks/setup_bench_env.sh
 	$(PY) benchmarks/maml_throughput.py --quick
+	$(PY) benchmarks/protonet_throughput.py --quick
 	$(PY) benchmarks/minilm_throughput.py --steps 10
 
 docs: $(STAMP)
