@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow bench docs clean
+.PHONY: install demo test test-slow doctest bench docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow --durations=15
+
+# Every docstring example (the API reference's) runs and prints what it shows.
+doctest: $(STAMP)
+	$(PY) -m pytest -q --doctest-modules fsl_jax -p no:cacheprovider --durations=5
 
 # Quick benchmarks (about 25 min on 2 CPU cores): the PyTorch peers live in their own .venv-bench, never in .venv.
 bench: $(STAMP)
