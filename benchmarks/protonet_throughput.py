@@ -38,7 +38,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from maml_throughput import _flax_to_torch, fmt, header, machine_info, peak_rss_mb, relative_error  # noqa: E402
+from maml_throughput import (  # noqa: E402
+    _flax_to_torch, _random_tasks, fmt, header, machine_info, peak_rss_mb, relative_error)
 
 RESULTS = os.path.join(HERE, "results")
 WORKLOADS = {
@@ -51,15 +52,8 @@ GRAD_TOL = 1e-6
 
 
 def random_tasks(cfg: dict, seed: int, dtype) -> dict:
-    """NHWC images, labels grouped by class (fsl_jax's layout)."""
-    rng = np.random.default_rng(seed)
-    t, w, s, q, size = cfg["meta_batch"], cfg["ways"], cfg["shots"], cfg["queries"], cfg["image"]
-    return {
-        "support_x": rng.uniform(0, 1, (t, w * s, size, size, 1)).astype(dtype),
-        "support_y": np.tile(np.repeat(np.arange(w, dtype=np.int32), s), (t, 1)),
-        "query_x": rng.uniform(0, 1, (t, w * q, size, size, 1)).astype(dtype),
-        "query_y": np.tile(np.repeat(np.arange(w, dtype=np.int32), q), (t, 1)),
-    }
+    """NHWC images, labels grouped by class (fsl_jax's layout): the MAML benchmark's Conv-4 task generator."""
+    return _random_tasks({**cfg, "workload": "conv"}, np.random.default_rng(seed), dtype)
 
 
 # ======================================================================================================= fsl_jax side
