@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import optax
 
 import fsl_jax as fj
-from fsl_jax.learners.base import xent_loss
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--quick", action="store_true")
@@ -34,7 +33,7 @@ def centroid_learner(encoder: nn.Module, ways: int) -> fj.Learner:
         d = jnp.sum((z[:, None, :] - centroids[None]) ** 2, axis=-1)
         return -jnp.exp(params["log_scale"]) * d
 
-    return fj.Learner(init, adapt, predict, loss=xent_loss, kind="classification", name="centroid")
+    return fj.Learner(init, adapt, predict, loss=fj.xent_loss, kind="classification", name="centroid")
 
 
 data = fj.data.digits().data  # [10 classes, 174, 8, 8, 1]

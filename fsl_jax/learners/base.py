@@ -36,14 +36,13 @@ class Learner(NamedTuple):
     fuller one).
 
       >>> import jax, jax.numpy as jnp, fsl_jax as fj
-      >>> from fsl_jax.learners.base import xent_loss
       >>> def adapt(params, task, key):  # class means of the scaled support inputs, [ways, features]
       ...     onehot = jax.nn.one_hot(task.support_y, 2)
       ...     return onehot.T @ (task.support_x * params["scale"]) / onehot.sum(0)[:, None]
       >>> def predict(params, means, x):  # logits: minus squared distances to the class means
       ...     return -(((x * params["scale"])[:, None] - means[None]) ** 2).sum(-1)
       >>> learner = fj.Learner(init=lambda key, task: {"scale": jnp.ones(task.support_x.shape[1:])},
-      ...                      adapt=adapt, predict=predict, loss=xent_loss, name="centroid")
+      ...                      adapt=adapt, predict=predict, loss=fj.xent_loss, name="centroid")
       >>> task = fj.Task(jnp.array([[0.0, 0.0], [1.0, 1.0]]), jnp.array([0, 1]),
       ...                jnp.array([[0.1, 0.2], [0.9, 0.8]]), jnp.array([0, 1]))
       >>> params = learner.init(jax.random.key(0), task)
@@ -72,14 +71,38 @@ def _weighted_mean(values: Array, mask: Array | None) -> Array:
 
 
 def mse_loss(predictions: Array, targets: Array, mask: Array | None = None) -> Array:
-    """Mean squared error, averaged over examples (and output dimensions)."""
+    """Mean squared error, averaged over examples (and output dimensions).
+
+    ``mask`` (one 0/1 value per example) leaves padded examples out of the mean. This is the loss behind
+    ``loss="mse"`` and the one to give a custom :class:`Learner` for regression.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import fsl_jax as fj
+      >>> float(fj.mse_loss(jnp.array([[1.0], [3.0]]), jnp.array([[0.0], [0.0]])))
+      5.0
+      >>> float(fj.mse_loss(jnp.array([[1.0], [3.0]]), jnp.array([[0.0], [0.0]]), mask=jnp.array([1, 0])))
+      1.0
+    """
     predictions = jnp.reshape(predictions, targets.shape) if predictions.size == targets.size else predictions
     per_example = jnp.reshape((predictions - targets) ** 2, (targets.shape[0], -1)).mean(axis=1)
     return _weighted_mean(per_example, mask)
 
 
 def xent_loss(logits: Array, labels: Array, mask: Array | None = None) -> Array:
-    """Softmax cross-entropy with integer labels, averaged over examples."""
+    """Softmax cross-entropy with integer labels, averaged over examples.
+
+    ``mask`` (one 0/1 value per example) leaves padded examples out of the mean. This is the loss behind
+    ``loss="xent"`` and the one to give a custom :class:`Learner` for classification.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import fsl_jax as fj
+      >>> round(float(fj.xent_loss(jnp.zeros((2, 4)), jnp.array([0, 3]))), 4)  # uniform over 4 classes: log 4
+      1.3863
+      >>> round(float(fj.xent_loss(jnp.array([[5.0, 0.0], [0.0, 5.0]]), jnp.array([0, 0]), mask=jnp.array([1, 0]))), 4)
+      0.0067
+    """
     logp = jax.nn.log_softmax(logits, axis=-1)
     per_example = -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
     return _weighted_mean(per_example, mask)
