@@ -84,7 +84,7 @@ def test_jitted_vmapped_gradient_equals_per_task_eager_gradients(learner_name):
     params = learner.init(jax.random.key(0), fj.task_at(tasks, 0))
     loss = lambda p, t: fj.meta_loss(learner, p, t, jax.random.key(0))[0]  # noqa: E731
     batched = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(params, tasks)
-    for i in range(tasks.support_x.shape[0]):
+    for i in (0, 3, 7):  # first, middle and last task (eager MAML re-traces its inner scan: ~5 s a task)
         eager = jax.grad(loss)(params, fj.task_at(tasks, i))
         for a, b in zip(jax.tree_util.tree_leaves(batched), jax.tree_util.tree_leaves(eager)):
             np.testing.assert_allclose(a[i], b, rtol=1e-4, atol=1e-4)

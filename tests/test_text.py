@@ -340,7 +340,7 @@ def test_text_cli_head_on_a_tiny_csv(tiny_bert, tmp_path, capsys):
 
 def test_second_order_maml_over_bert_matches_a_hand_written_meta_gradient(tiny_bert):
     """fj.maml over the BERT classifier (token-id tasks): its meta-gradient equals grad of
-    query_loss(theta - a * grad support_loss(theta)) written out by hand, with and without remat; FOMAML's differs."""
+    query_loss(theta - a * grad support_loss(theta)) written out by hand (with remat); FOMAML's differs."""
     bb = load_backbone(tiny_bert)
     module, variables, tok = bb.classifier(3, jax.random.key(1))
     texts, labels = easy_texts(4, seed=3)
@@ -358,12 +358,13 @@ def test_second_order_maml_over_bert_matches_a_hand_written_meta_gradient(tiny_b
         adapted = jax.tree_util.tree_map(lambda p, d: p - lr * d, v, g)
         return xent(adapted, task.query_x, task.query_y)
 
-    expected = jax.grad(by_hand)(variables)
+    expected = jax.jit(jax.grad(by_hand))(variables)  # jitted: op-by-op grad-of-grad over BERT takes a minute
     flat = lambda tree: np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(tree)])  # noqa: E731
-    for remat in (False, True):
-        learner = fj.maml(module, "xent", inner_lr=lr, inner_steps=1, remat=remat)
-        got = jax.grad(lambda v: fj.meta_loss(learner, v, task, jax.random.key(0))[0])(variables)
-        np.testing.assert_allclose(flat(got), flat(expected), rtol=1e-3, atol=1e-6)
+    # remat=True, the setting that makes MiniLM second-order MAML fit on CPU (remat=False is the plain path that
+    # tests/test_maml.py checks against hand-written second order on MLPs)
+    learner = fj.maml(module, "xent", inner_lr=lr, inner_steps=1, remat=True)
+    got = jax.jit(jax.grad(lambda v: fj.meta_loss(learner, v, task, jax.random.key(0))[0]))(variables)
+    np.testing.assert_allclose(flat(got), flat(expected), rtol=1e-3, atol=1e-6)
     first = fj.maml(module, "xent", inner_lr=lr, inner_steps=1, first_order=True)
-    got_fo = jax.grad(lambda v: fj.meta_loss(first, v, task, jax.random.key(0))[0])(variables)
+    got_fo = jax.jit(jax.grad(lambda v: fj.meta_loss(first, v, task, jax.random.key(0))[0]))(variables)
     assert np.max(np.abs(flat(got_fo) - flat(expected))) > 1e-4 * np.max(np.abs(flat(expected)))
