@@ -19,8 +19,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fsl-jax demo --out runs/demo
 
+# Two pytest workers, whole test files per worker: the suite is mostly XLA compilation, which runs on one core.
+# JOBS=1 runs it in one process.
+JOBS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 $(if $(filter 1,$(JOBS)),,-n $(JOBS) --dist loadfile)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow --durations=15
