@@ -180,13 +180,18 @@ def main(argv=None) -> int:
     for name, med, eps, first in rows:
         ratio = f"{eps / base:.2f}x" if base else "-"
         print(f"| {name} | {med:.3f} | {eps:.1f} | {ratio} | {first:.1f} |")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump({"settings": vars(args), "results": results, "forward_max_abs_diff": diff,
-                   "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                   "command": " ".join(["python"] + sys.argv)}, f, indent=2)
-    print(f"\nwritten: {args.out}")
+    write_result(args.out, {"settings": vars(args), "results": results, "forward_max_abs_diff": diff})
     return 0
+
+
+def write_result(out: str, doc: dict) -> None:
+    """Writes ``doc`` plus the machine and the command line as JSON to ``out``."""
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    doc = dict(doc, machine={"cpus": os.cpu_count(), "platform": platform.platform()},
+               command=" ".join(["python"] + sys.argv))
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2)
+    print(f"\nwritten: {out}")
 
 
 if __name__ == "__main__":
