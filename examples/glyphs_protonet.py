@@ -25,13 +25,13 @@ test = fj.data.glyphs("test", max_classes=limit)
 print(f"glyphs: {train.data.shape[0]} training classes, {test.data.shape[0]} unseen test classes")
 
 ways, queries = 5, 15
-learner = fj.protonet(fj.models.Conv4(hidden=64), ways)
+learner = fj.protonet(fj.models.Conv4(hidden=16 if args.quick else 64), ways)
 train_tasks = fj.data.DeviceSampler(train.data, ways, args.shots, queries)
 test_tasks = fj.data.DeviceSampler(test.data, ways, args.shots, queries)
-state, history = fj.meta_train(learner, optax.adam(1e-3), train_tasks.sample, steps=20 if args.quick else 100_000,
-                               meta_batch=4, key=jax.random.key(0), log_every=10, progress=not args.quick,
+state, history = fj.meta_train(learner, optax.adam(1e-3), train_tasks.sample, steps=10 if args.quick else 100_000,
+                               meta_batch=4, key=jax.random.key(0), log_every=5 if args.quick else 10, progress=not args.quick,
                                max_seconds=args.seconds)
-result = fj.evaluate(learner, state.params, test_tasks, episodes=50 if args.quick else 600, key=jax.random.key(1))
+result = fj.evaluate(learner, state.params, test_tasks, episodes=20 if args.quick else 600, key=jax.random.key(1))
 print(f"5-way {args.shots}-shot on unseen scripts after {int(state.step)} steps: {result}")
 
 # One test episode in detail: per-class precision / recall / F1 and the confusion matrix.
