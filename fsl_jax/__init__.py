@@ -11,8 +11,8 @@ from fsl_jax import data, llm, models, parallel, plots
 from fsl_jax.checkpoint import latest_step, restore_checkpoint, save_checkpoint
 from fsl_jax.evaluate import EvalResult, evaluate
 from fsl_jax.learners import (
-    Learner, anil, cvae_classifier, maml, matching_net, meta_loss, meta_sgd, mse_loss, protonet, relation_net, reptile, siamese,
-    xent_loss,
+    Learner, anil, cvae_classifier, maml, matching_net, meta_loss, meta_sgd, mse_loss, protonet, relation_net, reptile,
+    siamese, xent_loss,
 )
 from fsl_jax.plots import plot_accuracy_vs_shots, plot_confusion_matrix, plot_learning_curve, plot_regression_fits
 from fsl_jax.report import ClassificationReport, ConfidenceInterval, classification_report, mean_ci
@@ -24,7 +24,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ClassificationReport", "ConfidenceInterval", "EvalResult", "History", "Learner", "NonFiniteError", "Task", "TrainState",
     "anil", "cvae_classifier", "data", "matching_net", "protonet", "relation_net", "siamese", "evaluate", "latest_step", "llm", "make_meta_step", "maml", "mean_ci", "meta_loss", "meta_sgd",
-    "meta_train", "models", "mse_loss", "xent_loss", "parallel", "plot_accuracy_vs_shots", "plot_confusion_matrix", "plot_learning_curve",
+    "meta_train", "models", "mse_loss", "xent_loss", "parallel", "plot_accuracy_vs_shots", "plot_confusion_matrix",
+    "plot_learning_curve",
     "plot_regression_fits", "plots", "classification_report", "reptile", "restore_checkpoint", "save_checkpoint", "task_at",
     "validate_task",
 ]

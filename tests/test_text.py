@@ -358,7 +358,7 @@ def test_second_order_maml_over_bert_matches_a_hand_written_meta_gradient(tiny_b
         adapted = jax.tree_util.tree_map(lambda p, d: p - lr * d, v, g)
         return xent(adapted, task.query_x, task.query_y)
 
-    expected = jax.jit(jax.grad(by_hand))(variables)  # jitted: op-by-op grad-of-grad over BERT takes a minute
+    expected = jax.jit(jax.grad(by_hand))(variables)
     flat = lambda tree: np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(tree)])  # noqa: E731
     # remat=True, the setting that makes MiniLM second-order MAML fit on CPU (remat=False is the plain path that
     # tests/test_maml.py checks against hand-written second order on MLPs)
