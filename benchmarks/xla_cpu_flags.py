@@ -32,7 +32,7 @@ SETTINGS = {
     "default": "",
     "onednn": "--xla_cpu_use_onednn=true",
     "onednn custom call": "--xla_cpu_experimental_onednn_custom_call=true",
-    "xnn fusion dot,eltwise,reduce": "--xla_cpu_experimental_xnn_fusion_type=dot,eltwise,reduce",
+    "xnn fusion dot+eltwise+reduce": "--xla_cpu_experimental_xnn_fusion_type=dot,eltwise,reduce",
     "xnn graph fusion greedy": "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
     "ynn individual dot+conv": "--xla_cpu_experimental_ynn_fusion_type=individual_dot,individual_convolution",
     "no xnnpack": "--xla_cpu_use_xnnpack=false",

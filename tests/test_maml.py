@@ -223,3 +223,17 @@ def test_exported_losses_match_numpy_with_and_without_masks():
     np.testing.assert_allclose(fj.mse_loss(jnp.asarray(pred), jnp.asarray(target)), squared.mean(), rtol=1e-5)
     np.testing.assert_allclose(fj.mse_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask)),
                                squared[mask == 1].mean(), rtol=1e-5)
+
+
+def test_exported_losses_reject_mismatched_shapes_naming_them():
+    """A label/target batch that does not match the predictions is a ValueError naming both shapes, not a broadcast."""
+    logits, labels = jnp.zeros((6, 4)), jnp.zeros(6, jnp.int32)
+    with pytest.raises(ValueError, match=r"labels .*\(5,\).*\(6, 4\)"):
+        fj.xent_loss(logits, labels[:5])
+    with pytest.raises(TypeError, match="labels must be integer"):
+        fj.xent_loss(logits, labels.astype(jnp.float32))
+    with pytest.raises(ValueError, match=r"mask must have one value per example, shape \(6,\), got shape \(4,\)"):
+        fj.xent_loss(logits, labels, jnp.ones(4))
+    with pytest.raises(ValueError, match=r"predictions of shape \(6, 3\) and targets of shape \(6, 1\)"):
+        fj.mse_loss(jnp.zeros((6, 3)), jnp.zeros((6, 1)))  # would broadcast to (6, 3) silently
+    np.testing.assert_allclose(fj.mse_loss(jnp.ones((6,)), jnp.zeros((6, 1))), 1.0)  # same values, other layout: fine

@@ -18,6 +18,38 @@ def test_im2col_conv_equals_xla_conv(k):
     np.testing.assert_allclose(im2col_conv(x, w), ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("k", [1, 3])
+def test_im2col_conv_hand_written_derivatives_equal_xla_conv_to_third_order(k):
+    """im2col_conv's custom VJP (data gradient = conv with the flipped kernel, kernel gradient = one product, and that
+    product's own VJP) against autodiff of lax.conv, float64: first order, MAML-style second order through an inner
+    gradient step on both inputs, a third-order gradient, and under vmap over per-task kernels."""
+    ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (3, 9, 7, 4), jnp.float64)
+        w = jax.random.normal(jax.random.key(1), (k, k, 4, 6), jnp.float64)
+        g = jax.random.normal(jax.random.key(2), (3, 9, 7, 6), jnp.float64)
+
+        def first(conv):
+            return jax.grad(lambda x, w: jnp.sum(jnp.tanh(conv(x, w)) * g), argnums=(0, 1))
+
+        def second(conv):
+            def outer(x, w):
+                gx, gw = first(conv)(x, w)
+                return jnp.sum(jnp.sin(conv(x + 0.1 * gx, w - 0.1 * gw)))
+            return jax.grad(outer, argnums=(0, 1))
+
+        def third(conv):
+            return jax.grad(lambda x, w: jnp.sum(second(conv)(x, w)[1] ** 2), argnums=(0, 1))
+
+        for order in (first, second, third):
+            for got, want in zip(order(im2col_conv)(x, w), order(ref)(x, w)):
+                np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * float(jnp.max(jnp.abs(want))))
+        xs, ws = x.reshape(3, 1, 9, 7, 4), jnp.stack([w, 2 * w, -w])
+        per_task = lambda conv: jax.vmap(second(conv))(xs, ws)  # noqa: E731
+        for got, want in zip(per_task(im2col_conv), per_task(ref)):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * float(jnp.max(jnp.abs(want))))
+
+
 @pytest.mark.parametrize("size", [28, 7, 5])
 def test_max_pool_equals_flax(size):
     x = jax.random.normal(jax.random.key(0), (2, size, size, 3))

@@ -66,6 +66,8 @@ class Learner(NamedTuple):
 def _weighted_mean(values: Array, mask: Array | None) -> Array:
     if mask is None:
         return jnp.mean(values)
+    if jnp.shape(mask) != values.shape:
+        raise ValueError(f"mask must have one value per example, shape {values.shape}, got shape {jnp.shape(mask)}")
     mask = mask.astype(values.dtype)
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
@@ -84,7 +86,11 @@ def mse_loss(predictions: Array, targets: Array, mask: Array | None = None) -> A
       >>> float(fj.mse_loss(jnp.array([[1.0], [3.0]]), jnp.array([[0.0], [0.0]]), mask=jnp.array([1, 0])))
       1.0
     """
-    predictions = jnp.reshape(predictions, targets.shape) if predictions.size == targets.size else predictions
+    predictions, targets = jnp.asarray(predictions), jnp.asarray(targets)
+    if targets.ndim == 0 or predictions.size != targets.size:
+        raise ValueError(f"predictions and targets must hold the same number of values with a leading example axis, "
+                         f"got predictions of shape {predictions.shape} and targets of shape {targets.shape}")
+    predictions = jnp.reshape(predictions, targets.shape)
     per_example = jnp.reshape((predictions - targets) ** 2, (targets.shape[0], -1)).mean(axis=1)
     return _weighted_mean(per_example, mask)
 
@@ -103,6 +109,12 @@ def xent_loss(logits: Array, labels: Array, mask: Array | None = None) -> Array:
       >>> round(float(fj.xent_loss(jnp.array([[5.0, 0.0], [0.0, 5.0]]), jnp.array([0, 0]), mask=jnp.array([1, 0]))), 4)
       0.0067
     """
+    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+    if logits.ndim < 1 or labels.shape != logits.shape[:-1]:
+        raise ValueError(f"labels must have the shape of logits without its class axis, {logits.shape[:-1]}, got "
+                         f"labels of shape {labels.shape} for logits of shape {logits.shape}")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
     logp = jax.nn.log_softmax(logits, axis=-1)
     per_example = -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
     return _weighted_mean(per_example, mask)
