@@ -540,6 +540,9 @@ def main() -> None:
     parser.add_argument("--skip-gradcheck", action="store_true", help="time everything without the gradient check")
     parser.add_argument("--gradcheck-only", action="store_true", help="run the gradient check and stop")
     parser.add_argument("--no-explore", action="store_true", help="skip fsl_jax's task_chunk / remat runs")
+    parser.add_argument("--head-to-head", type=int, default=0, metavar="ROUNDS",
+                        help="only: ROUNDS interleaved rounds of learn2learn vs fsl_jax (task_chunk=1, 2) on the conv "
+                             "workload, second order; writes maml_head_to_head.json")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per subprocess")
     parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -578,6 +581,10 @@ def main() -> None:
         with open(path, "w") as f:
             json.dump({"machine": info, "tolerance": GRAD_TOL, "gradcheck": gradcheck}, f, indent=1, default=str)
         print(f"wrote {path}")
+        return
+
+    if args.head_to_head:
+        head_to_head(runner, args.head_to_head, unavailable, info, gradcheck, args.out)
         return
 
     quick = args.quick
@@ -632,9 +639,11 @@ def main() -> None:
         base = next((r for r in rows if (r["workload"], r["order"], r["impl"]) == ("conv", "second", "fsl_jax")), None)
         if base is not None:
             explore.append({"variant": "default (vmap over all 32 tasks)", "result": base["result"]})
-        variants = [("task_chunk=4", {"task_chunk": 4}), ("task_chunk=8", {"task_chunk": 8})]
+        variants = [("task_chunk=1", {"task_chunk": 1}), ("task_chunk=2", {"task_chunk": 2}),
+                    ("task_chunk=4", {"task_chunk": 4})]
         if not quick:
-            variants += [("task_chunk=32", {"task_chunk": 32}), ("remat=True, task_chunk=8", {"remat": True, "task_chunk": 8})]
+            variants += [("task_chunk=8", {"task_chunk": 8}), ("task_chunk=32", {"task_chunk": 32}),
+                         ("remat=True, task_chunk=8", {"remat": True, "task_chunk": 8})]
         variants.append(("remat=True", {"remat": True}))
         for name, options in variants:
             cfg = {**CONV, "first_order": False}
@@ -679,6 +688,49 @@ def main() -> None:
     with open(os.path.join(args.out, "maml_throughput.md"), "w") as f:
         f.write(text + "\n")
     print(f"wrote {os.path.join(args.out, 'maml_throughput.json')} ({time.perf_counter() - t_start:.0f} s in all)")
+
+
+def head_to_head(runner: Runner, rounds: int, unavailable: dict, info: dict, gradcheck: dict, out: str) -> None:
+    """Conv-4 second order, meta-batch 32: learn2learn and fsl_jax's memory-bounded settings timed in turn, round after
+    round, so that a slow spell of a shared machine hits every contender; per-round ratios and their median."""
+    if "learn2learn" in unavailable:
+        raise SystemExit(f"learn2learn unavailable: {unavailable['learn2learn']}")
+    contenders = [("learn2learn", "learn2learn", {}), ("fsl_jax task_chunk=2", "fsl_jax", {"task_chunk": 2}),
+                  ("fsl_jax task_chunk=1", "fsl_jax", {"task_chunk": 1})]
+    cfg = {**CONV, "first_order": False}
+    results = {name: [] for name, _, _ in contenders}
+    print(f"Head to head, conv/second, meta-batch {cfg['meta_batch']}, {rounds} rounds:")
+    for r in range(rounds):
+        for name, impl, options in contenders:
+            spec = {"mode": "time", "cfg": cfg, "warmup": 1, "steps": 5, "max_seconds": 120, **options}
+            results[name].append(runner.run(impl, spec, f"round {r + 1} {name}"))
+    lines = ["| contender | step s, each round | median step s | peak RSS MB (max) | learn2learn time / this time, "
+             "each round | median ratio | memory / learn2learn's |", "|---|---|---|---|---|---|---|"]
+    base = [res.get("step_s") for res in results["learn2learn"]]
+    base_rss = max(res.get("peak_rss_mb", 0) for res in results["learn2learn"])
+    summary = {}
+    for name, _, _ in contenders:
+        steps = [res.get("step_s") for res in results[name]]
+        if None in steps or None in base:
+            lines.append(f"| {name} | failed | | | | | |")
+            continue
+        ratios = [b / t for b, t in zip(base, steps)]
+        rss = max(res["peak_rss_mb"] for res in results[name])
+        summary[name] = {"step_s": steps, "median_step_s": statistics.median(steps), "ratios": ratios,
+                         "median_ratio": statistics.median(ratios), "peak_rss_mb": rss,
+                         "memory_vs_learn2learn": rss / base_rss}
+        lines.append(f"| {name} | {', '.join(f'{t:.2f}' for t in steps)} | {statistics.median(steps):.2f} | {rss:.0f} | "
+                     f"{', '.join(f'{x:.2f}' for x in ratios)} | {statistics.median(ratios):.2f}x | "
+                     f"{rss / base_rss:.1f}x |")
+    table = "\n".join(lines)
+    print()
+    print(table)
+    path = os.path.join(out, "maml_head_to_head.json")
+    with open(path, "w") as f:
+        json.dump({"command": f"python benchmarks/maml_throughput.py --head-to-head {rounds}", "machine": info,
+                   "workload": cfg, "gradcheck": gradcheck, "results": results, "summary": summary, "table": table},
+                  f, indent=1, default=str)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 The workload is ``benchmarks/maml_throughput.py``'s Conv-4 (64 channels, batch-statistics norm, 5-way 1-shot, 15
 queries, 5 inner steps, second order, Adam), at a smaller meta-batch (default 8) so that every setting is timed in
 about a minute. Each setting runs the convolution paths of ``fj.models.Conv4``: ``im2col`` (shifted slices +
-``einsum``, the CPU default) and ``xla`` (``lax.conv_general_dilated``, which ``vmap`` over per-task weights turns
+matrix product, the CPU default) and ``xla`` (``lax.conv_general_dilated``, which ``vmap`` over per-task weights turns
 into a grouped convolution; timed only under the settings that could change convolutions unless ``--all``). The
 meta-loss of the first step is compared with the default setting's: a flag that
 changes it by more than 1e-4 (relative) is marked. Flags that this jaxlib does not know make the subprocess fail,

@@ -44,7 +44,7 @@ class Conv2d(nn.Module):
       features: output channels.
       kernel_size: odd kernel size ``k``.
       use_bias: add a bias.
-      conv_impl: ``"im2col"`` (slices + einsum), ``"xla"`` (``lax.conv_general_dilated``) or ``"auto"``.
+      conv_impl: ``"im2col"`` (slices + one matrix product), ``"xla"`` (``lax.conv_general_dilated``) or ``"auto"``.
     """
 
     features: int

@@ -1,0 +1,107 @@
+"""Where a Conv-4 second-order MAML step spends its time, from a ``jax.profiler`` trace of the compiled step.
+
+    python benchmarks/profile_maml_step.py                      # meta-batch 8, task_chunk 1, ~1 min on 2 cores
+    python benchmarks/profile_maml_step.py --meta-batch 32 --task-chunk 0 --top 30
+
+The workload is ``benchmarks/maml_throughput.py``'s Conv-4 (64 channels, batch-statistics norm, 5-way 1-shot, 15
+queries, 5 inner steps, Adam). Two steps run under the profiler; the XLA:CPU operations (thunks) recorded on the
+runtime's worker threads are summed per operation and per kind (``ynn_fusion`` / ``dot``: matrix products; ``stack`` /
+``concatenate``: building im2col patches; ``copy...``: layout changes; the rest: fused elementwise work and
+reductions). Each operation is named with the JAX source op from the optimised HLO's metadata. Times are summed over
+threads, so they can exceed the wall time when operations overlap.
+
+Prints two tables; writes benchmarks/results/profile_maml_step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--meta-batch", type=int, default=8)
+    p.add_argument("--task-chunk", type=int, default=1, help="0: vmap over the whole task batch")
+    p.add_argument("--top", type=int, default=15, help="operations to list")
+    p.add_argument("--out", default=os.path.join(HERE, "results", "profile_maml_step.json"))
+    args = p.parse_args(argv)
+    if args.meta_batch < 1 or args.task_chunk < 0:
+        p.error(f"--meta-batch must be >= 1 and --task-chunk >= 0, got {args.meta_batch} and {args.task_chunk}")
+    tmp = tempfile.mkdtemp(prefix="fsl_jax_profile_")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={tmp}/hlo --xla_dump_hlo_as_text"
+                               " --xla_dump_hlo_module_re=.*update.*").strip()
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    import fsl_jax as fj
+
+    b = args.meta_batch
+    model = fj.models.Conv4(num_classes=5, hidden=64, norm="batch", conv_impl="im2col")
+    learner = fj.maml(model, "xent", inner_lr=0.4, inner_steps=5)
+    rng = np.random.default_rng(0)
+    tasks = fj.Task(jnp.asarray(rng.uniform(0, 1, (b, 5, 28, 28, 1)), jnp.float32),
+                    jnp.tile(jnp.arange(5, dtype=jnp.int32), (b, 1)),
+                    jnp.asarray(rng.uniform(0, 1, (b, 75, 28, 28, 1)), jnp.float32),
+                    jnp.tile(jnp.repeat(jnp.arange(5, dtype=jnp.int32), 15), (b, 1)))
+    tx = optax.adam(1e-3)
+    state = fj.TrainState.create(learner, learner.init(jax.random.key(0), fj.task_at(tasks, 0)), tx)
+    step = fj.make_meta_step(learner, tx, task_chunk=args.task_chunk or None, donate=False)
+    key = jax.random.key(1)
+    compiled = step.lower(state, tasks, key).compile()
+    jax.block_until_ready(compiled(state, tasks, key))
+    t0 = time.perf_counter()
+    with jax.profiler.trace(f"{tmp}/trace"):
+        for _ in range(2):
+            jax.block_until_ready(compiled(state, tasks, key))
+    wall = (time.perf_counter() - t0) / 2
+    trace = glob.glob(f"{tmp}/trace/**/*.xplane.pb", recursive=True)[0]
+    per_op: collections.Counter = collections.Counter()
+    for plane in jax.profiler.ProfileData.from_file(trace).planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_XLAEigen"):
+                continue
+            for event in line.events:
+                if not event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
+                    per_op[event.name] += event.duration_ns / 2e9
+    hlo_files = sorted(glob.glob(f"{tmp}/hlo/*update*after_optimizations.txt"))
+    hlo = open(hlo_files[-1]).read() if hlo_files else ""
+    per_kind: collections.Counter = collections.Counter()
+    for name, seconds in per_op.items():
+        per_kind[re.sub(r"\.\d+$", "", name)] += seconds
+    total = sum(per_op.values())
+
+    kinds = ["| kind of operation | s/step | share |", "|---|---|---|"]
+    kinds += [f"| `{k}` | {v:.3f} | {100 * v / total:.1f} % |" for k, v in per_kind.most_common(12)]
+    ops = ["| operation | s/step | shape | JAX source |", "|---|---|---|---|"]
+    top = []
+    for name, seconds in per_op.most_common(args.top):
+        m = re.search(r"%" + re.escape(name) + r" = (\S+) .*?op_name=\"([^\"]+)\"", hlo)
+        shape, source = (m.group(1), m.group(2)) if m else ("", "")
+        top.append({"op": name, "seconds": seconds, "shape": shape, "source": source})
+        ops.append(f"| `{name}` | {seconds:.3f} | `{shape}` | `{source[-80:]}` |")
+    print(f"Conv-4 second-order MAML, meta-batch {b}, task_chunk {args.task_chunk or 'none (vmap over all)'}: "
+          f"{wall:.2f} s/step under the profiler; {total:.2f} s/step of operations summed over threads\n")
+    print("\n".join(kinds) + "\n\n" + "\n".join(ops))
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump({"command": "python benchmarks/profile_maml_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                   "meta_batch": b, "task_chunk": args.task_chunk, "wall_s_per_step": wall,
+                   "ops_s_per_step": total, "per_kind": dict(per_kind.most_common()), "top_ops": top}, f, indent=1)
+    print(f"\nwritten: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
