@@ -719,7 +719,8 @@ def head_to_head(runner: Runner, rounds: int, unavailable: dict, info: dict, gra
         summary[name] = {"step_s": steps, "median_step_s": statistics.median(steps), "ratios": ratios,
                          "median_ratio": statistics.median(ratios), "peak_rss_mb": rss,
                          "memory_vs_learn2learn": rss / base_rss}
-        lines.append(f"| {name} | {', '.join(f'{t:.2f}' for t in steps)} | {statistics.median(steps):.2f} | {rss:.0f} | "
+        each = ", ".join(f"{t:.2f}" for t in steps)
+        lines.append(f"| {name} | {each} | {statistics.median(steps):.2f} | {rss:.0f} | "
                      f"{', '.join(f'{x:.2f}' for x in ratios)} | {statistics.median(ratios):.2f}x | "
                      f"{rss / base_rss:.1f}x |")
     table = "\n".join(lines)

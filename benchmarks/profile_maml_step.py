@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     print("\n".join(kinds) + "\n\n" + "\n".join(ops))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
-        json.dump({"command": "python benchmarks/profile_maml_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        command = "python benchmarks/profile_maml_step.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        json.dump({"command": command.strip(),
                    "meta_batch": b, "task_chunk": args.task_chunk, "wall_s_per_step": wall,
                    "ops_s_per_step": total, "per_kind": dict(per_kind.most_common()), "top_ops": top}, f, indent=1)
     print(f"\nwritten: {args.out}")

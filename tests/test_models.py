@@ -23,7 +23,9 @@ def test_im2col_conv_hand_written_derivatives_equal_xla_conv_to_third_order(k):
     """im2col_conv's custom VJP (data gradient = conv with the flipped kernel, kernel gradient = one product, and that
     product's own VJP) against autodiff of lax.conv, float64: first order, MAML-style second order through an inner
     gradient step on both inputs, a third-order gradient, and under vmap over per-task kernels."""
-    ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+    def ref(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
     with jax.enable_x64(True):
         x = jax.random.normal(jax.random.key(0), (3, 9, 7, 4), jnp.float64)
         w = jax.random.normal(jax.random.key(1), (k, k, 4, 6), jnp.float64)
