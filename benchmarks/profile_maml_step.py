@@ -41,24 +41,12 @@ def main(argv=None) -> int:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={tmp}/hlo --xla_dump_hlo_as_text"
                                " --xla_dump_hlo_module_re=.*update.*").strip()
     import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import optax
 
-    import fsl_jax as fj
+    sys.path.insert(0, HERE)
+    from xla_cpu_flags import conv_maml_step
 
     b = args.meta_batch
-    model = fj.models.Conv4(num_classes=5, hidden=64, norm="batch", conv_impl="im2col")
-    learner = fj.maml(model, "xent", inner_lr=0.4, inner_steps=5)
-    rng = np.random.default_rng(0)
-    tasks = fj.Task(jnp.asarray(rng.uniform(0, 1, (b, 5, 28, 28, 1)), jnp.float32),
-                    jnp.tile(jnp.arange(5, dtype=jnp.int32), (b, 1)),
-                    jnp.asarray(rng.uniform(0, 1, (b, 75, 28, 28, 1)), jnp.float32),
-                    jnp.tile(jnp.repeat(jnp.arange(5, dtype=jnp.int32), 15), (b, 1)))
-    tx = optax.adam(1e-3)
-    state = fj.TrainState.create(learner, learner.init(jax.random.key(0), fj.task_at(tasks, 0)), tx)
-    step = fj.make_meta_step(learner, tx, task_chunk=args.task_chunk or None, donate=False)
-    key = jax.random.key(1)
+    step, state, tasks, key = conv_maml_step(b, task_chunk=args.task_chunk or None, donate=False)
     compiled = step.lower(state, tasks, key).compile()
     jax.block_until_ready(compiled(state, tasks, key))
     t0 = time.perf_counter()

@@ -42,7 +42,9 @@ SETTINGS = {
 XLA_CONV_SETTINGS = ("default", "onednn", "onednn custom call", "ynn individual dot+conv")
 
 
-def worker(spec: dict) -> dict:
+def conv_maml_step(meta_batch: int, conv_impl: str = "im2col", task_chunk: int | None = None, donate: bool = True):
+    """The Conv-4 second-order MAML workload on random images: ``(step, state, tasks, key)`` for ``step(state, tasks,
+    key)``. Shared with ``benchmarks/profile_maml_step.py``."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -50,8 +52,8 @@ def worker(spec: dict) -> dict:
 
     import fsl_jax as fj
 
-    b = spec["meta_batch"]
-    model = fj.models.Conv4(num_classes=5, hidden=64, norm="batch", conv_impl=spec["conv_impl"])
+    b = meta_batch
+    model = fj.models.Conv4(num_classes=5, hidden=64, norm="batch", conv_impl=conv_impl)
     learner = fj.maml(model, "xent", inner_lr=0.4, inner_steps=5)
     rng = np.random.default_rng(0)
     tasks = fj.Task(jnp.asarray(rng.uniform(0, 1, (b, 5, 28, 28, 1)), jnp.float32),
@@ -60,8 +62,14 @@ def worker(spec: dict) -> dict:
                     jnp.tile(jnp.repeat(jnp.arange(5, dtype=jnp.int32), 15), (b, 1)))
     tx = optax.adam(1e-3)
     state = fj.TrainState.create(learner, learner.init(jax.random.key(0), fj.task_at(tasks, 0)), tx)
-    step = fj.make_meta_step(learner, tx, task_chunk=spec.get("task_chunk"))
-    key = jax.random.key(1)
+    step = fj.make_meta_step(learner, tx, task_chunk=task_chunk, donate=donate)
+    return step, state, tasks, jax.random.key(1)
+
+
+def worker(spec: dict) -> dict:
+    import jax
+
+    step, state, tasks, key = conv_maml_step(spec["meta_batch"], spec["conv_impl"], spec.get("task_chunk"))
     t0 = time.perf_counter()
     compiled = step.lower(state, tasks, key).compile()
     compile_s = time.perf_counter() - t0
