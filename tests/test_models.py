@@ -1,5 +1,7 @@
 """Backbones: the im2col convolution equals XLA's, pooling equals flax's, per-task normalisation under vmap."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -50,6 +52,13 @@ def test_im2col_conv_hand_written_derivatives_equal_xla_conv_to_third_order(k):
         per_task = lambda conv: jax.vmap(second(conv))(xs, ws)  # noqa: E731
         for got, want in zip(per_task(im2col_conv), per_task(ref)):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * float(jnp.max(jnp.abs(want))))
+
+
+def test_im2col_conv_rejects_a_kernel_that_does_not_fit_naming_its_shape():
+    x = jnp.zeros((1, 5, 5, 4))
+    for kernel_shape in [(3, 3, 2, 6), (2, 2, 4, 6), (3, 1, 4, 6)]:  # wrong in-channels, even size, not square
+        with pytest.raises(ValueError, match=r"odd square kernel \[k, k, 4, out\], got " + re.escape(str(kernel_shape))):
+            im2col_conv(x, jnp.zeros(kernel_shape))
 
 
 @pytest.mark.parametrize("size", [28, 7, 5])
