@@ -1,25 +1,31 @@
-"""Checkpoints of a :class:`~fsl_jax.TrainState` with orbax.
+"""Checkpoints of a :class:`~fsl_jax.TrainState` with orbax, with the configuration of the run that wrote them.
 
-Each checkpoint is a step-numbered folder under one directory. Orbax writes into a temporary folder and renames it
-when complete, so a crash mid-save never leaves a half-written checkpoint as the latest one; ``keep`` bounds how
-many are kept.
+Each checkpoint is a step-numbered folder under one directory holding two orbax items: ``state`` (the train state's
+arrays) and ``meta`` (JSON: the run's configuration, see :func:`fsl_jax.meta_train`). Orbax writes into a temporary
+folder and renames it when complete, so a crash mid-save never leaves a half-written checkpoint as the latest one, and
+a failed save never deletes an older one; ``keep`` bounds how many are kept. A latest checkpoint that cannot be read
+(a truncated file) is skipped with a warning and the newest readable one is restored.
 """
 
 from __future__ import annotations
 
 import os
+import time
+import warnings
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from fsl_jax.train import TrainState
+from fsl_jax._config import config_diff
+from fsl_jax.step import TrainState
 
 
 def _manager(directory: str | os.PathLike, keep: int | None = None) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
-    return ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options, item_handlers=handlers)
 
 
 def _payload(state: TrainState) -> dict:
@@ -32,25 +38,50 @@ def _payload(state: TrainState) -> dict:
     }
 
 
-def save_checkpoint(directory: str | os.PathLike, state: TrainState, *, keep: int | None = 3) -> int:
+def save_checkpoint(directory: str | os.PathLike, state: TrainState, *, keep: int | None = 3,
+                    config: dict | None = None) -> int:
     """Saves ``state`` as checkpoint number ``state.step`` under ``directory``; returns that step.
 
     Args:
       directory: the checkpoint folder (created if needed).
       state: the train state.
       keep: how many of the newest checkpoints to keep (``None``: all).
+      config: the run's configuration (JSON-able), stored beside the state and compared on restore.
+
+    Raises:
+      OSError: the checkpoint could not be written (folder not writable, disk full); the message names the folder
+        and the step, and the checkpoints written before are left as they were.
 
     Example:
-      >>> fj.save_checkpoint("runs/maml/ckpt", state)          # doctest: +SKIP
+      >>> import tempfile, jax, optax, fsl_jax as fj
+      >>> learner = fj.maml(fj.models.MLP((8,)), "mse")
+      >>> params = learner.init(jax.random.key(0), fj.task_at(fj.data.sinusoid_tasks(jax.random.key(1), 1, 5, 5), 0))
+      >>> state = fj.TrainState.create(learner, params, optax.sgd(0.1))
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     fj.save_checkpoint(tmp, state.replace(step=state.step + 3), config={"inner_lr": 0.01})
+      ...     fj.latest_step(tmp)
+      3
+      3
     """
     if not isinstance(state, TrainState):
         raise TypeError(f"state must be a fsl_jax.TrainState, got {type(state).__name__}")
-    if keep is not None and (not isinstance(keep, int) or keep < 1):
+    if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool) or keep < 1):
         raise ValueError(f"keep must be a positive int or None, got {keep!r}")
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config must be a dict or None, got {type(config).__name__}")
     step = int(state.step)
-    with _manager(directory, keep) as manager:
-        manager.save(step, args=ocp.args.StandardSave(_payload(state)), force=True)
-        manager.wait_until_finished()
+    previous = latest_step(directory)
+    meta = {"config": config, "process_count": jax.process_count(), "time": time.time()}
+    try:
+        with _manager(directory, keep) as manager:
+            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_payload(state)),
+                                                       meta=ocp.args.JsonSave(meta)), force=True)
+            manager.wait_until_finished()
+    except Exception as exc:  # noqa: BLE001 - orbax/tensorstore report disk faults under several types
+        errno = getattr(exc, "errno", None)
+        kept = f"the previous checkpoint (step {previous}) is intact" if previous is not None else "no checkpoint kept"
+        raise OSError(errno, f"could not write checkpoint {step} to {os.fspath(directory)!r} "
+                             f"({type(exc).__name__}: {exc}); {kept}") from exc
     return step
 
 
@@ -77,17 +108,70 @@ def latest_step(directory: str | os.PathLike) -> int | None:
     return max(steps) if steps else None
 
 
-def restore_checkpoint(directory: str | os.PathLike, target: TrainState, *, step: int | None = None) -> TrainState:
+def _path(keys: tuple) -> str:
+    """``opt_state/0/mu/params/w`` for a key path, whether a level is a NamedTuple (stored as a dict) or a dict."""
+    parts = []
+    for k in keys:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def _check_structure(manager: ocp.CheckpointManager, step: int, target: dict, where: str) -> None:
+    """Compares the checkpoint's array tree (from its metadata) with ``target``: a mismatch is a ``ValueError``."""
+    stored = manager.item_metadata(step)["state"]
+    stored_tree = getattr(stored, "tree", stored)
+    flat_stored = {_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(stored_tree)}
+    flat_target = {_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(target)}
+    if set(flat_stored) != set(flat_target):
+        only_stored = sorted(set(flat_stored) - set(flat_target))[:3]
+        only_target = sorted(set(flat_target) - set(flat_stored))[:3]
+        raise ValueError(f"checkpoint {step} in {where} does not match target: it has {len(flat_stored)} arrays, "
+                         f"target has {len(flat_target)} (only in the checkpoint: {only_stored}; only in the target: "
+                         f"{only_target})")
+    for path, meta in flat_stored.items():
+        want = tuple(np.shape(flat_target[path]))
+        if tuple(meta.shape) != want:
+            raise ValueError(f"checkpoint {step} in {where}: leaf {path} has shape {tuple(meta.shape)}, target has "
+                             f"{want}")
+
+
+def read_checkpoint_config(directory: str | os.PathLike, step: int | None = None) -> dict | None:
+    """The run configuration stored with checkpoint ``step`` (default: the latest), or ``None`` if it has none.
+
+    Example:
+      >>> fj.read_checkpoint_config("runs/maml/checkpoints")["learner"]["inner_lr"]   # doctest: +SKIP
+      0.4
+    """
+    step = latest_step(directory) if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"directory {os.fspath(directory)!r} holds no checkpoint")
+    with _manager(directory) as manager:
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"].get("config")
+
+
+def restore_checkpoint(directory: str | os.PathLike, target: TrainState, *, step: int | None = None,
+                       config: dict | None = None, allow_config_change: bool = False) -> TrainState:
     """Restores a checkpoint into the structure of ``target`` (same learner, optimiser and shapes).
 
     Args:
       directory: the checkpoint folder.
-      target: a state with the right structure, e.g. ``TrainState.create(learner, params, optimizer)``.
-      step: which checkpoint (default: the latest).
+      target: a state with the right structure, e.g. ``TrainState.create(learner, params, optimizer)``; its arrays'
+        shardings are those of the restored state (so a checkpoint written on one mesh restores onto another).
+      step: which checkpoint (default: the latest readable one; an unreadable latest one, e.g. a truncated file, is
+        skipped with a warning, renamed ``<step>.unreadable`` and the one before it is restored).
+      config: the caller's run configuration; if the checkpoint stores one, every differing field is reported.
+      allow_config_change: restore even when ``config`` differs from the stored one (a warning lists the fields).
 
     Raises:
       FileNotFoundError: no checkpoint in ``directory`` (or not that ``step``).
-      ValueError: the checkpoint's structure or shapes do not match ``target``.
+      ValueError: the checkpoint's structure or shapes do not match ``target`` (naming the leaf and both shapes);
+        the stored configuration differs from ``config`` (naming each field and both values); no checkpoint is
+        readable.
 
     Example:
       >>> import tempfile, jax, optax, fsl_jax as fj
@@ -95,38 +179,63 @@ def restore_checkpoint(directory: str | os.PathLike, target: TrainState, *, step
       >>> params = learner.init(jax.random.key(0), fj.task_at(fj.data.sinusoid_tasks(jax.random.key(1), 1, 5, 5), 0))
       >>> state = fj.TrainState.create(learner, params, optax.adam(1e-3))
       >>> with tempfile.TemporaryDirectory() as tmp:
-      ...     fj.save_checkpoint(tmp, state.replace(step=state.step + 7))
+      ...     fj.save_checkpoint(tmp, state.replace(step=state.step + 7), config={"inner_lr": 0.4})
       ...     restored = fj.restore_checkpoint(tmp, state)
+      ...     try:
+      ...         fj.restore_checkpoint(tmp, state, config={"inner_lr": 0.1})
+      ...     except ValueError as err:
+      ...         print(err)
       7
+      checkpoint 7 in ... was written by a run with other settings: inner_lr: 0.4 in the checkpoint, 0.1 now ...
       >>> int(restored.step)
       7
     """
     if not isinstance(target, TrainState):
         raise TypeError(f"target must be a fsl_jax.TrainState, got {type(target).__name__}")
+    where = repr(os.fspath(directory))
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"directory {os.fspath(directory)!r} does not exist")
+        raise FileNotFoundError(f"directory {where} does not exist")
+    payload = _payload(target)
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, payload)
     with _manager(directory) as manager:
-        steps = manager.all_steps()
+        steps = sorted(manager.all_steps(), reverse=True)
         if not steps:
-            raise FileNotFoundError(f"directory {os.fspath(directory)!r} holds no checkpoint")
-        if step is None:
-            step = manager.latest_step()
-        elif step not in steps:
-            raise FileNotFoundError(f"step {step} is not among the checkpoints {sorted(steps)} in {os.fspath(directory)!r}")
-        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _payload(target))
-        try:
-            restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"checkpoint {step} in {os.fspath(directory)!r} does not match target: {exc}") from exc
-    for path, (a, b) in _leaf_pairs(restored, _payload(target)):
-        if np.shape(a) != np.shape(b):
-            raise ValueError(f"checkpoint leaf {path} has shape {np.shape(a)}, target has {np.shape(b)}")
-    return target.replace(**restored)
-
-
-def _leaf_pairs(a: Any, b: Any):
-    flat_a = jax.tree_util.tree_leaves_with_path(a)
-    flat_b = jax.tree_util.tree_leaves(b)
-    if len(flat_a) != len(flat_b):
-        raise ValueError(f"checkpoint has {len(flat_a)} arrays, target has {len(flat_b)}")
-    return [(jax.tree_util.keystr(path), (x, y)) for (path, x), y in zip(flat_a, flat_b)]
+            raise FileNotFoundError(f"directory {where} holds no checkpoint")
+        if step is not None and step not in steps:
+            raise FileNotFoundError(f"step {step} is not among the checkpoints {sorted(steps)} in {where}")
+        unreadable: list[tuple[int, Exception]] = []
+        for candidate in [step] if step is not None else steps:
+            try:
+                _check_structure(manager, candidate, payload, where)
+                restored = manager.restore(candidate, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            except ValueError as exc:
+                if str(exc).startswith(f"checkpoint {candidate} in {where}"):
+                    raise  # a structure mismatch, not a damaged file: an older checkpoint would not match either
+                unreadable.append((candidate, exc))
+            except Exception as exc:  # noqa: BLE001 - tensorstore/orbax raise several types for damaged files
+                unreadable.append((candidate, exc))
+            else:
+                break
+        else:
+            bad, exc = unreadable[0]
+            raise ValueError(f"no readable checkpoint in {where}: checkpoint {bad} failed with "
+                             f"{type(exc).__name__}: {exc}") from exc
+    for bad, exc in unreadable:
+        aside = os.path.join(os.fspath(directory), f"{bad}.unreadable")
+        if jax.process_index() == 0 and not os.path.exists(aside):
+            os.rename(os.path.join(os.fspath(directory), str(bad)), aside)
+        warnings.warn(f"checkpoint {bad} in {where} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); it was "
+                      f"renamed {os.path.basename(aside)!r} and checkpoint {candidate} was restored instead",
+                      stacklevel=2)
+    stored = (restored["meta"] or {}).get("config")
+    if config is not None and stored is not None:
+        diff = config_diff(stored, config)
+        if diff:
+            fields = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
+            if not allow_config_change:
+                raise ValueError(f"checkpoint {candidate} in {where} was written by a run with other settings: "
+                                 f"{fields}. Use another checkpoint folder, or pass allow_config_change=True to "
+                                 f"continue this run with the new settings")
+            warnings.warn(f"continuing checkpoint {candidate} with changed settings: {fields}", stacklevel=2)
+    return target.replace(**restored["state"])

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
+from fsl_jax._progress import progress as progress_bar
 
 from fsl_jax.learners.base import Learner, meta_loss
 
@@ -105,7 +105,7 @@ def evaluate(
         validate_task(source, batched=True)
         key = jax.random.key(0) if key is None else key
         total = int(np.shape(source.support_x)[0])
-        for start in tqdm(range(0, total, batch_size), disable=not progress, desc="evaluate"):
+        for start in progress_bar(range(0, total, batch_size), disable=not progress, desc="evaluate"):
             chunk = jax.tree_util.tree_map(lambda x: jnp.asarray(x[start : start + batch_size]), source)
             m, l = scores(params, chunk, jax.random.fold_in(key, start))
             metrics.append(np.asarray(m))
@@ -132,7 +132,7 @@ def evaluate(
         else:
             raise TypeError(f"source must be a sampler, a callable (key, num_tasks) -> Task or a Task, got {type(source).__name__}")
         batches = -(-episodes // batch_size)
-        for b in tqdm(range(batches), disable=not progress, desc="evaluate"):
+        for b in progress_bar(range(batches), disable=not progress, desc="evaluate"):
             k = jax.random.fold_in(key, b)
             if host is not None:
                 tasks = jax.tree_util.tree_map(jnp.asarray, host.sample(batch_size, index=b))

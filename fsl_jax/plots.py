@@ -80,6 +80,8 @@ def plot_learning_curve(
     xlabel: str = "step",
     ylabel: str | None = None,
     logy: bool = False,
+    right: Mapping[str, tuple[ArrayLike, ArrayLike]] | None = None,
+    right_ylabel: str | None = None,
     figsize: tuple[float, float] = (6.4, 4.0),
     dpi: float = 100,
 ) -> Path:
@@ -102,6 +104,9 @@ def plot_learning_curve(
       xlabel: x-axis label.
       ylabel: y-axis label; defaults to ``label`` for a single curve and ``"value"`` for several.
       logy: use a logarithmic y axis.
+      right: optional ``{name: (steps, values)}`` drawn against a second y axis on the right (e.g. accuracy beside
+        a loss), in dotted lines.
+      right_ylabel: that axis's label (default: the single series' name, else ``"value"``).
       figsize: figure size in inches.
       dpi: resolution; the image is ``figsize * dpi`` pixels.
 
@@ -149,10 +154,19 @@ def plot_learning_curve(
             raise ValueError("values is None: give a values array, or a dict of series as steps")
         add(label, steps, values, f"{label!r}")
 
+    left_count = len(series)
+    if right is not None:
+        if not isinstance(right, Mapping) or not right:
+            raise ValueError(f"right must be a non-empty dict {{name: (steps, values)}} or None, got {right!r}")
+        for name, pair in right.items():
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise ValueError(f"right[{name!r}] must be a (steps, values) pair, got {type(pair).__name__}")
+            add(name, pair[0], pair[1], f"right[{name!r}]")
+
     fig = _new_figure(figsize, dpi)
     ax = fig.add_subplot()
     smoothed = False
-    for i, (name, s, v) in enumerate(series):
+    for i, (name, s, v) in enumerate(series[:left_count]):
         color = f"C{i % 10}"
         window = min(int(smooth), v.shape[0])
         if window > 1:
@@ -164,10 +178,20 @@ def plot_learning_curve(
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel if ylabel is not None else (series[0][0] if len(series) == 1 else "value"))
+    ax.set_ylabel(ylabel if ylabel is not None else (series[0][0] if left_count == 1 else "value"))
     ax.grid(True, alpha=0.3)
-    if len(series) > 1 or smoothed:
-        ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    if right is not None:
+        twin = ax.twinx()
+        for i, (name, s, v) in enumerate(series[left_count:], start=left_count):
+            twin.plot(s, v, color=f"C{i % 10}", linewidth=1.5, linestyle=":", label=name)
+        twin.set_ylabel(right_ylabel if right_ylabel is not None else (series[-1][0] if len(right) == 1 else "value"))
+        more_handles, more_labels = twin.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    if right is not None:  # two axes: the legend goes below them, where it covers no curve
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize="small")
+    elif len(series) > 1 or smoothed:
+        ax.legend(handles, labels, fontsize="small")
     if title:
         ax.set_title(title)
     return _save(fig, path)
@@ -429,7 +453,8 @@ def plot_regression_fits(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    entries = len(parsed) + (px is not None)
+    fig.legend(loc="outside lower center", ncols=min(3, entries), fontsize="small")  # below the axes: never on a curve
     if title:
         ax.set_title(title)
     return _save(fig, path)

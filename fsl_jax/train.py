@@ -1,8 +1,10 @@
-"""Meta-training: the train state, the one compiled meta-step, and the training loop.
+"""Meta-training: the host loop that drives the compiled meta-step.
 
-``make_meta_step`` builds one ``jax.jit`` function: (optionally sample a task batch on device) -> adapt every task
-(``vmap``) -> query loss -> meta-gradient -> optax update, with the train state donated. ``meta_train`` drives it
-with a progress bar, reads metrics back only every ``log_every`` steps, checkpoints with orbax and resumes exactly.
+:func:`meta_train` runs :func:`~fsl_jax.make_meta_step`'s step with a progress report, reads metrics back only every
+``log_every`` steps (appending them to ``metrics.jsonl`` at once), checkpoints with orbax every ``checkpoint_every``
+steps and every ``checkpoint_every_seconds``, resumes exactly, refuses to resume a run made with other settings, and
+on SIGINT / SIGTERM (Ctrl-C, or a TPU VM, SLURM or Kubernetes preemption) saves the last completed step before it
+stops.
 """
 
 from __future__ import annotations
@@ -10,243 +12,27 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
-from typing import Any, Callable, NamedTuple
+import warnings
+from typing import Any, NamedTuple
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from fsl_jax.learners.base import Learner, meta_loss, task_grad
-from fsl_jax.tasks import Task, validate_task
+from fsl_jax import _validate
+from fsl_jax._config import describe
+from fsl_jax._progress import format_duration, progress as progress_bar
+from fsl_jax.checkpoint import latest_step, restore_checkpoint, save_checkpoint
+from fsl_jax.learners.base import Learner
+from fsl_jax.step import TaskSource, TrainState, batch_grads, make_meta_step  # noqa: F401 - re-exported
+from fsl_jax.tasks import task_at, validate_task
 
 Array = Any
-TaskSource = Callable[[Array, int], Task]
-
-
-class TrainState(flax.struct.PyTreeNode):
-    """Meta-parameters, optimiser state and counters: a pytree, donated to every meta-step.
-
-    Attributes:
-      step: meta-steps taken (int32 scalar).
-      params: meta-parameters.
-      opt_state: the optax state.
-      nonfinite_steps: steps whose loss or gradient was NaN/Inf (int32 scalar).
-      first_nonfinite_step: the first such step, or -1.
-      tx: the optax ``GradientTransformation`` (static).
-
-    Example:
-      >>> import jax, optax, fsl_jax as fj
-      >>> learner = fj.maml(fj.models.MLP((8,)), "mse")
-      >>> tasks = fj.data.sinusoid_tasks(jax.random.key(0), 4, 5, 5)
-      >>> state = fj.TrainState.create(learner, learner.init(jax.random.key(1), fj.task_at(tasks, 0)), optax.sgd(1e-3))
-      >>> state, metrics = fj.make_meta_step(learner, optax.sgd(1e-3))(state, tasks, jax.random.key(2))
-      >>> int(state.step), int(state.nonfinite_steps), int(state.first_nonfinite_step)
-      (1, 0, -1)
-    """
-
-    step: Array
-    params: Any
-    opt_state: Any
-    nonfinite_steps: Array
-    first_nonfinite_step: Array
-    tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
-
-    @classmethod
-    def create(cls, learner: Learner, params: Any, optimizer: optax.GradientTransformation) -> "TrainState":
-        """A fresh state at step 0.
-
-        Example:
-          >>> import jax, optax, fsl_jax as fj
-          >>> learner = fj.maml(fj.models.MLP(), "mse")
-          >>> params = learner.init(jax.random.key(0), fj.task_at(fj.data.sinusoid_tasks(jax.random.key(1), 1, 5, 5), 0))
-          >>> state = fj.TrainState.create(learner, params, optax.adam(1e-3))
-          >>> int(state.step)
-          0
-        """
-        if not isinstance(learner, Learner):
-            raise TypeError(f"learner must be a fsl_jax.Learner, got {type(learner).__name__}")
-        _check_optimizer(optimizer)
-        leaves = jax.tree_util.tree_leaves(params)
-        if not leaves:
-            raise ValueError("params is empty: nothing to meta-train")
-        params = jax.tree_util.tree_map(jnp.asarray, params)
-        return cls(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=optimizer.init(params),
-            nonfinite_steps=jnp.zeros((), jnp.int32),
-            first_nonfinite_step=jnp.full((), -1, jnp.int32),
-            tx=optimizer,
-        )
-
-
-def _check_optimizer(optimizer: Any) -> None:
-    if not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _all_finite(tree: Any) -> Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
-
-
-def batch_grads(
-    learner: Learner, params: Any, tasks: Task, key: Array, task_chunk: int | None = None
-) -> tuple[Any, Array, dict]:
-    """Mean meta-gradient, loss and metrics over a batch of tasks (``vmap`` over the task axis).
-
-    With ``task_chunk``, tasks are processed ``task_chunk`` at a time in a ``lax.scan`` (gradients accumulated), so
-    peak memory holds one chunk's activations instead of the whole batch's.
-    """
-    total = jax.tree_util.tree_leaves(tasks.support_x)[0].shape[0]
-    keys = jax.random.split(key, total)
-
-    def chunk_grads(params, chunk: Task, chunk_keys):
-        if learner.meta_grad is None:
-
-            def mean_loss(p):
-                losses, aux = jax.vmap(meta_loss, in_axes=(None, None, 0, 0))(learner, p, chunk, chunk_keys)
-                return jnp.sum(losses), (losses, aux)
-
-            grads, (losses, aux) = jax.grad(mean_loss, has_aux=True)(params)
-        else:
-            per_task, (losses, aux) = jax.vmap(task_grad, in_axes=(None, None, 0, 0))(learner, params, chunk, chunk_keys)
-            grads = jax.tree_util.tree_map(lambda g: jnp.sum(g, axis=0), per_task)
-        aux = jax.tree_util.tree_map(jnp.sum, aux)
-        return grads, jnp.sum(losses), aux
-
-    if task_chunk is None or task_chunk >= total:
-        grads, loss_sum, aux_sum = chunk_grads(params, tasks, keys)
-    else:
-        if total % task_chunk:
-            raise ValueError(f"task_chunk={task_chunk} must divide the task batch size {total}")
-        chunks = total // task_chunk
-        reshape = lambda x: x.reshape((chunks, task_chunk) + x.shape[1:])  # noqa: E731
-        chunked_tasks = jax.tree_util.tree_map(reshape, tasks)
-        chunked_keys = reshape(keys)
-
-        def body(carry, xs):
-            chunk, chunk_keys = xs
-            grads, loss, aux = chunk_grads(params, chunk, chunk_keys)
-            return jax.tree_util.tree_map(jnp.add, carry, (grads, loss, aux)), None
-
-        zeros = jax.eval_shape(chunk_grads, params, jax.tree_util.tree_map(lambda x: x[0], chunked_tasks), chunked_keys[0])
-        zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
-        (grads, loss_sum, aux_sum), _ = jax.lax.scan(body, zeros, (chunked_tasks, chunked_keys))
-    scale = 1.0 / total
-    grads = jax.tree_util.tree_map(lambda g: g * scale, grads)
-    metrics = {name: value * scale for name, value in aux_sum.items()}
-    return grads, loss_sum * scale, metrics
-
-
-def make_meta_step(
-    learner: Learner,
-    optimizer: optax.GradientTransformation,
-    *,
-    sampler: TaskSource | None = None,
-    meta_batch: int | None = None,
-    task_chunk: int | None = None,
-    skip_nonfinite: bool = False,
-    donate: bool = True,
-    mesh: Any = None,
-) -> Callable:
-    """Builds the jit-compiled, state-donating meta-training step.
-
-    Args:
-      learner: a :class:`~fsl_jax.Learner`.
-      optimizer: the outer optax optimiser (must be the one the state was created with).
-      sampler: optional ``(key, num_tasks) -> Task`` sampled *inside* the step (e.g. ``DeviceSampler.sample`` or
-        ``functools.partial(fj.data.sinusoid_tasks, shots=10, queries=10)``). Then the step is
-        ``step(state, key)`` and the batch key is ``fold_in(key, state.step)``: pass the same key every step.
-      meta_batch: tasks per step when ``sampler`` is given.
-      task_chunk: process the task batch this many tasks at a time (bounded memory; same gradient).
-      skip_nonfinite: when the loss or gradient is NaN/Inf, keep the previous parameters and optimiser state (the
-        step is counted in ``state.nonfinite_steps``) instead of applying the update.
-      donate: donate the state's buffers to the step (the input state must not be used afterwards).
-      mesh: a ``jax.sharding.Mesh`` from :func:`fsl_jax.parallel.task_mesh`: the task batch is split across its
-        ``"tasks"`` axis, parameters and optimiser state replicated.
-
-    Returns:
-      ``step(state, tasks, key) -> (state, metrics)`` or, with ``sampler``, ``step(state, key) -> (state, metrics)``.
-      ``metrics`` holds ``loss``, ``query_loss``, ``grad_norm``, ``finite`` and, for classifiers, ``accuracy``
-      (device scalars: reading them syncs with the host).
-
-    Example:
-      >>> import functools, jax, optax, fsl_jax as fj
-      >>> learner = fj.maml(fj.models.MLP(), "mse", inner_lr=0.01, inner_steps=1)
-      >>> source = functools.partial(fj.data.sinusoid_tasks, shots=10, queries=10)
-      >>> params = learner.init(jax.random.key(0), fj.task_at(source(jax.random.key(1), 1), 0))
-      >>> state = fj.TrainState.create(learner, params, optax.adam(1e-3))
-      >>> step = fj.make_meta_step(learner, optax.adam(1e-3), sampler=source, meta_batch=25)
-      >>> state, metrics = step(state, jax.random.key(2))
-    """
-    if not isinstance(learner, Learner):
-        raise TypeError(f"learner must be a fsl_jax.Learner, got {type(learner).__name__}")
-    _check_optimizer(optimizer)
-    if sampler is not None:
-        if not callable(sampler):
-            raise TypeError(f"sampler must be callable (key, num_tasks) -> Task, got {type(sampler).__name__}")
-        meta_batch = _check_positive_int("meta_batch", meta_batch)
-    elif meta_batch is not None:
-        raise ValueError("meta_batch is only used with sampler=; without a sampler the batch size is the task axis")
-    if task_chunk is not None:
-        task_chunk = _check_positive_int("task_chunk", task_chunk)
-        if meta_batch is not None and meta_batch % task_chunk:
-            raise ValueError(f"task_chunk={task_chunk} must divide meta_batch={meta_batch}")
-
-    task_sharding = None
-    if mesh is not None:
-        from fsl_jax.parallel import task_sharding as _task_sharding
-
-        task_sharding = _task_sharding(mesh)
-
-    def update(state: TrainState, tasks: Task, key: Array):
-        if task_sharding is not None:
-            total = tasks.support_x.shape[0]
-            if total % mesh.size:
-                raise ValueError(
-                    f"the task batch ({total} tasks) must divide evenly over the mesh's {mesh.size} devices"
-                )
-            tasks = jax.lax.with_sharding_constraint(tasks, task_sharding)
-        grads, loss, metrics = batch_grads(learner, state.params, tasks, key, task_chunk)
-        finite = jnp.logical_and(jnp.isfinite(loss), _all_finite(grads))
-        updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        if skip_nonfinite:
-            keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
-        bad = jnp.logical_not(finite)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=params,
-            opt_state=opt_state,
-            nonfinite_steps=state.nonfinite_steps + bad.astype(jnp.int32),
-            first_nonfinite_step=jnp.where(bad & (state.first_nonfinite_step < 0), state.step, state.first_nonfinite_step),
-        )
-        metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads), "finite": finite}
-        return new_state, metrics
-
-    donate_argnums = (0,) if donate else ()
-    if sampler is None:
-        return jax.jit(update, donate_argnums=donate_argnums)
-
-    def sampled_update(state: TrainState, key: Array):
-        step_key = jax.random.fold_in(key, state.step)
-        sample_key, adapt_key = jax.random.split(step_key)
-        tasks = sampler(sample_key, meta_batch)
-        return update(state, tasks, adapt_key)
-
-    return jax.jit(sampled_update, donate_argnums=donate_argnums)
 
 
 class NonFiniteError(FloatingPointError):
@@ -289,6 +75,135 @@ class History(NamedTuple):
         return np.asarray([m[name] for m in self.metrics])
 
 
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised by :func:`meta_train` after SIGINT (Ctrl-C) or SIGTERM (preemption) once the last completed step is saved.
+
+    A ``KeyboardInterrupt``, so ``except Exception`` does not swallow it and an uncaught one ends the program with a
+    non-zero status. Running the same call again resumes from the saved step.
+
+    Attributes:
+      signal: ``"SIGINT"`` or ``"SIGTERM"``.
+      step: the last completed meta-step.
+      checkpoint_dir: where that step was saved (``None``: no ``checkpoint_dir`` was given; nothing was saved).
+      state: the train state after that step.
+
+    Example:
+      >>> import signal, threading, jax, optax, fsl_jax as fj
+      >>> learner = fj.maml(fj.models.MLP((8,)), "mse")
+      >>> source = lambda key, n: fj.data.sinusoid_tasks(key, n, 5, 5)
+      >>> timer = threading.Timer(3.0, signal.raise_signal, (signal.SIGTERM,))  # a preemption notice in 3 s
+      >>> timer.start()
+      >>> try:
+      ...     fj.meta_train(learner, optax.adam(1e-3), source, steps=10**9, meta_batch=2, key=jax.random.key(0),
+      ...                   progress=False)
+      ... except fj.TrainingInterrupted as stop:
+      ...     print(stop.signal, stop.step > 0, stop.checkpoint_dir)
+      SIGTERM True None
+    """
+
+    def __init__(self, message: str, *, signal: str, step: int, checkpoint_dir: str | None, state: Any):
+        super().__init__(message)
+        self.signal, self.step, self.checkpoint_dir, self.state = signal, step, checkpoint_dir, state
+
+
+class _StopSignals:
+    """Turns the first SIGINT / SIGTERM into a request to stop after the step in flight; the second ends the process.
+
+    After the first signal both are reset to the operating system's default action, so a second Ctrl-C ends the
+    process at once even while the main thread waits inside XLA. Handlers are installed only in the main thread
+    (Python allows no other) and the previous ones are put back on exit.
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received: str | None = None
+        self.previous: dict = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        self.received = signal.Signals(signum).name
+        for sig in self.previous:
+            signal.signal(sig, signal.SIG_DFL)
+        # os.write, not print: the handler may run while the main thread is inside a write to stderr.
+        os.write(2, f"\n{self.received}: finishing the step in flight and saving a checkpoint; send it again to exit "
+                    f"at once without saving\n".encode())
+
+    def __enter__(self) -> "_StopSignals":
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+class _MetricsLog:
+    """``metrics.jsonl``: one JSON line per logging point, appended and flushed at once; events as ``{"event": ...}``.
+
+    Opening it for a run that continues from step ``start`` drops the lines of steps after ``start`` (logged by a run
+    that was killed before its next checkpoint), so every logged step appears once.
+    """
+
+    def __init__(self, directory: str | None, start: int):
+        self.file = None
+        if directory is None or jax.process_index() != 0:
+            return
+        path = os.path.join(directory, "metrics.jsonl")
+        if os.path.exists(path):
+            with open(path) as f:
+                lines = [line for line in f if line.strip()]
+            kept = [line for line in lines if _line_step(line) <= start]
+            if len(kept) != len(lines):
+                with open(path + ".tmp", "w") as f:
+                    f.writelines(kept)
+                os.replace(path + ".tmp", path)
+        self.file = open(path, "a")
+
+    def write(self, row: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+def _line_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 0  # a line cut short by a kill: keep it out of the step filter's way
+
+
+def run_config(learner: Learner, optimizer: optax.GradientTransformation, source: Any, meta_batch: int,
+               key: Array, skip_nonfinite: bool = False) -> dict:
+    """The configuration :func:`meta_train` stores with every checkpoint and compares on resume.
+
+    Each learner's constructor arguments (:attr:`Learner.config`), the optimiser's hyperparameters (read from the
+    optax transformation), the task source (sampler settings and a fingerprint of its data), ``meta_batch``, the
+    run's key and ``skip_nonfinite``. ``steps`` is not part of it: a run may be extended.
+
+    Example:
+      >>> import jax, optax, fsl_jax as fj
+      >>> learner = fj.maml(fj.models.MLP((8,)), "mse", inner_lr=0.4)
+      >>> config = fj.run_config(learner, optax.adam(1e-3), fj.data.sinusoid_tasks, 8, jax.random.key(0))
+      >>> config["learner"]["inner_lr"], config["meta_batch"], config["optimizer"]["update_fns"][1]["step_size"]
+      (0.4, 8, -0.001)
+    """
+    return {"learner": describe(learner), "optimizer": describe(optimizer), "source": describe(source),
+            "meta_batch": meta_batch, "key": describe(key), "skip_nonfinite": bool(skip_nonfinite)}
+
+
+def _say(message: str, enabled: bool) -> None:
+    if enabled and jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
 def meta_train(
     learner: Learner,
     optimizer: optax.GradientTransformation,
@@ -303,6 +218,7 @@ def meta_train(
     log_every: int = 100,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
+    checkpoint_every_seconds: float | None = 300.0,
     keep: int = 3,
     log_dir: str | os.PathLike | None = None,
     skip_nonfinite: bool = False,
@@ -310,8 +226,10 @@ def meta_train(
     desc: str | None = None,
     mesh: Any = None,
     max_seconds: float | None = None,
+    allow_config_change: bool = False,
+    handle_signals: bool = True,
 ) -> tuple[TrainState, History]:
-    """Meta-trains ``learner`` for ``steps`` meta-steps.
+    """Meta-trains ``learner`` for ``steps`` meta-steps; stop-safe and resumable.
 
     Args:
       learner: a :class:`~fsl_jax.Learner`.
@@ -326,18 +244,28 @@ def meta_train(
       params: initial meta-parameters (default: ``learner.init`` on a sampled task).
       state: a :class:`TrainState` to continue from (overrides ``params``).
       task_chunk: see :func:`make_meta_step`.
-      log_every: read metrics back to the host every this many steps (the only host syncs of the loop).
-      checkpoint_dir: save a checkpoint there every ``checkpoint_every`` steps and at the end; if it already holds
-        checkpoints, training resumes from the latest one.
+      log_every: read metrics back to the host every this many steps (the only host syncs of the loop) and append
+        them to ``metrics.jsonl``.
+      checkpoint_dir: save a checkpoint there every ``checkpoint_every`` steps, every ``checkpoint_every_seconds``,
+        on SIGINT / SIGTERM and at the end. If it already holds checkpoints, training resumes from the latest one
+        ("resuming from step N" is printed), after checking that it was written with the same configuration
+        (:func:`run_config`).
       checkpoint_every: steps between checkpoints (default: ``log_every * 10``).
+      checkpoint_every_seconds: also save when this much wall time has passed since the last save (default 300 s,
+        so a ``SIGKILL`` loses at most about five minutes); ``None`` turns it off.
       keep: checkpoints kept.
       log_dir: append the logged metrics to ``log_dir/metrics.jsonl`` (default: ``checkpoint_dir``, if any).
       skip_nonfinite: skip non-finite updates instead of stopping.
-      progress: show a tqdm progress bar.
-      desc: the progress bar's label.
+      progress: report progress (a tqdm bar on a terminal, a plain line every 30 s otherwise) and print the
+        expected time after the first logging point; ``False`` prints nothing.
+      desc: the progress report's label.
       mesh: shard task batches over this mesh (see :mod:`fsl_jax.parallel`).
       max_seconds: stop at the first logging point after this much wall time (a time-budgeted run); the state
         then holds fewer than ``steps`` steps.
+      allow_config_change: resume from ``checkpoint_dir`` even when the checkpoint was written with another
+        configuration (a warning lists the differences); by default that is a ``ValueError`` naming each field.
+      handle_signals: on SIGINT / SIGTERM, finish the step in flight, save it, and raise
+        :class:`TrainingInterrupted` (a second signal ends the process at once). ``False`` leaves signals alone.
 
     Returns:
       ``(state, history)``.
@@ -345,37 +273,81 @@ def meta_train(
     Raises:
       NonFiniteError: a step produced a NaN/Inf loss or gradient (and ``skip_nonfinite`` is off). The last
         checkpoint written before it is kept.
+      TrainingInterrupted: SIGINT or SIGTERM arrived; the last completed step is saved in ``checkpoint_dir``.
+      ValueError: a bad argument (naming it), a checkpoint made with other settings, or ``checkpoint_dir`` already
+        past ``steps``.
+      OSError: ``checkpoint_dir`` or ``log_dir`` is not writable, or a checkpoint could not be written (the previous
+        one is kept).
 
     Example:
       >>> import functools, jax, optax, fsl_jax as fj
       >>> learner = fj.maml(fj.models.MLP(), "mse", inner_lr=0.01)
       >>> source = functools.partial(fj.data.sinusoid_tasks, shots=10, queries=10)
       >>> state, history = fj.meta_train(learner, optax.adam(1e-3), source, steps=200, meta_batch=25,
-      ...                                key=jax.random.key(0), progress=False)
+      ...                                key=jax.random.key(0), log_every=100, progress=False)
+      >>> int(state.step), history.steps
+      (200, [100, 200])
     """
-    from fsl_jax.checkpoint import latest_step, restore_checkpoint, save_checkpoint
     from fsl_jax.data.sampler import HostSampler
 
-    steps = _check_positive_int("steps", steps)
-    meta_batch = _check_positive_int("meta_batch", meta_batch)
-    log_every = _check_positive_int("log_every", log_every)
-    checkpoint_every = _check_positive_int("checkpoint_every", checkpoint_every or log_every * 10)
-    if max_seconds is not None and (isinstance(max_seconds, bool) or not isinstance(max_seconds, (int, float))
-                                    or not max_seconds > 0):
-        raise ValueError(f"max_seconds must be a positive number or None, got {max_seconds!r}")
+    # ---- every argument is checked before anything is written to disk
+    if not isinstance(learner, Learner):
+        raise TypeError(f"learner must be a fsl_jax.Learner, got {type(learner).__name__}")
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
+    steps = _validate.positive_int("steps", steps)
+    meta_batch = _validate.positive_int("meta_batch", meta_batch)
+    log_every = _validate.positive_int("log_every", log_every)
+    checkpoint_every = _validate.positive_int("checkpoint_every", log_every * 10 if checkpoint_every is None
+                                              else checkpoint_every)
+    checkpoint_every_seconds = _validate.positive_number("checkpoint_every_seconds", checkpoint_every_seconds,
+                                                         allow_none=True)
+    max_seconds = _validate.positive_number("max_seconds", max_seconds, allow_none=True)
+    keep = _validate.positive_int("keep", keep)
+    if task_chunk is not None:
+        task_chunk = _validate.positive_int("task_chunk", task_chunk)
+        if meta_batch % task_chunk:
+            raise ValueError(f"task_chunk={task_chunk} must divide meta_batch={meta_batch}")
+    checkpoint_dir = _validate.path_or_none("checkpoint_dir", checkpoint_dir)
+    log_dir = _validate.path_or_none("log_dir", log_dir)
+    log_dir = log_dir if log_dir is not None else checkpoint_dir
     host = isinstance(source, HostSampler)
     if not host and not callable(source):
         raise TypeError(f"source must be a HostSampler or a callable (key, num_tasks) -> Task, got {type(source).__name__}")
+    if state is not None and not isinstance(state, TrainState):
+        raise TypeError(f"state must be a fsl_jax.TrainState or None, got {type(state).__name__}")
+    if mesh is not None and meta_batch % mesh.size:
+        raise ValueError(f"meta_batch={meta_batch} must divide evenly over the mesh's {mesh.size} devices")
+    primary = jax.process_index() == 0
     init_key, run_key = jax.random.split(key)
 
     if state is None:
+        example = source.sample(1, index=0) if host else source(init_key, 1)
+        validate_task(example, batched=True)
+        example = jax.tree_util.tree_map(lambda x: jnp.asarray(x[0]), example)
         if params is None:
-            example = source.sample(1, index=0) if host else source(init_key, 1)
-            validate_task(example, batched=True)
-            params = learner.init(init_key, jax.tree_util.tree_map(lambda x: jnp.asarray(x[0]), example))
+            params = learner.init(init_key, example)
         state = TrainState.create(learner, params, optimizer)
+    else:
+        example = None
+    config = run_config(learner, optimizer, source, meta_batch, key, skip_nonfinite)
+    for name, folder in (("checkpoint_dir", checkpoint_dir), ("log_dir", log_dir)):
+        if folder is not None and primary:
+            _validate.writable_dir(name, folder)
+
     if checkpoint_dir is not None and latest_step(checkpoint_dir) is not None:
-        state = restore_checkpoint(checkpoint_dir, state)
+        state = restore_checkpoint(checkpoint_dir, state, config=config, allow_config_change=allow_config_change)
+        restored = int(state.step)
+        if restored > steps:
+            raise ValueError(f"checkpoint_dir {checkpoint_dir!r} holds a run already at step {restored}, past "
+                             f"steps={steps}: raise steps to continue it, or use another checkpoint_dir")
+        if restored == steps:
+            warnings.warn(f"checkpoint_dir {checkpoint_dir!r} holds a run already at step {restored} = steps: "
+                          f"nothing to train (raise steps to continue it)", stacklevel=2)
+        else:
+            _say(f"resuming from step {restored} (checkpoint in {checkpoint_dir})", progress)
+    if example is not None:
+        _validate.check_output_width(learner, state.params, example, _validate.source_ways(source))
 
     if mesh is not None:
         from fsl_jax.parallel import replicate
@@ -395,53 +367,90 @@ def meta_train(
     sync_each_step = mesh is not None and mesh.size > 1 and all(d.platform == "cpu" for d in mesh.devices.flat)
     history = History([], [])
     start = int(state.step)
-    bar = tqdm(total=steps, initial=start, desc=desc or learner.name, disable=not progress, dynamic_ncols=True)
-    metrics = None
+    if start >= steps:
+        return state, history
+    log = _MetricsLog(log_dir, start)
+    log.write({"event": "start", "step": start, "steps": steps, "time": time.time()})
+    bar = progress_bar(total=steps, initial=start, desc=desc or learner.name, disable=not (progress and primary))
     t0 = time.perf_counter()
-    for i in range(start, steps):
-        if host:
-            tasks = jax.tree_util.tree_map(jnp.asarray, source.sample(meta_batch, index=i))
-            state, metrics = step_fn(state, tasks, jax.random.fold_in(run_key, i))
-        else:
-            state, metrics = step_fn(state, run_key)
-        if sync_each_step:
-            jax.block_until_ready(state.step)
-        done = i + 1
-        last = done == steps
-        logging = done % log_every == 0 or last
-        if logging and max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-            last = True
-        if logging:
-            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            history.steps.append(done)
-            history.metrics.append(values)
-            if int(state.first_nonfinite_step) >= 0 and not skip_nonfinite:
-                bar.close()
-                bad = int(state.first_nonfinite_step)
-                term = "loss" if not math.isfinite(values["loss"]) else "gradient"
-                raise NonFiniteError(
-                    f"meta-step {bad} produced a non-finite {term} (detected at step {done}); "
-                    f"last checkpoint: {latest_step(checkpoint_dir) if checkpoint_dir else None}"
-                )
-            bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in ("loss", "accuracy")})
-        if checkpoint_dir is not None and (done % checkpoint_every == 0 or last):
-            save_checkpoint(checkpoint_dir, state, keep=keep)
-        bar.update(1)
-        if last:
-            break
-    bar.close()
-    if metrics is not None:
+    last_save_time, last_saved = t0, start
+    first_step_done: float | None = None
+    estimated = False
+    done, reason = start, "finished"
+
+    def save(at: int) -> None:
+        nonlocal last_save_time, last_saved
+        if checkpoint_dir is None or at == last_saved:
+            return
+        _raise_if_nonfinite(state, skip_nonfinite, checkpoint_dir, at)  # never checkpoint a NaN state
+        save_checkpoint(checkpoint_dir, state, keep=keep, config=config)
+        last_save_time, last_saved = time.perf_counter(), at
+
+    try:
+        with _StopSignals(handle_signals) as stop:
+            for i in range(start, steps):
+                if host:
+                    tasks = jax.tree_util.tree_map(jnp.asarray, source.sample(meta_batch, index=i))
+                    state, metrics = step_fn(state, tasks, jax.random.fold_in(run_key, i))
+                else:
+                    state, metrics = step_fn(state, run_key)
+                if sync_each_step:
+                    jax.block_until_ready(state.step)
+                if first_step_done is None:
+                    first_step_done = time.perf_counter()  # the first call includes compilation
+                done = i + 1
+                logging = done % log_every == 0 or done == steps
+                if logging:
+                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    _raise_if_nonfinite(state, skip_nonfinite, checkpoint_dir, done, values)
+                    history.steps.append(done)
+                    history.metrics.append(values)
+                    log.write({"step": done, **values})
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in ("loss", "accuracy")})
+                    if not estimated and done - start > 1 and done < steps:
+                        estimated = True
+                        per_step = (time.perf_counter() - first_step_done) / (done - start - 1)
+                        bar.write(f"{desc or learner.name}: {per_step:.3g} s per step after compilation; "
+                                  f"{steps - done} steps to go: ~{format_duration(per_step * (steps - done))} "
+                                  f"at this speed")
+                    if max_seconds is not None and time.perf_counter() - t0 > max_seconds and done < steps:
+                        reason = "max_seconds"
+                now = time.perf_counter()
+                if stop.received:
+                    reason = stop.received
+                if (done % checkpoint_every == 0 or done == steps or reason != "finished"
+                        or (checkpoint_every_seconds is not None and now - last_save_time >= checkpoint_every_seconds)):
+                    save(done)
+                bar.update(1)
+                if reason != "finished":
+                    break
         jax.block_until_ready(state.params)
-    log_dir = log_dir if log_dir is not None else checkpoint_dir
-    if log_dir is not None and history.steps:
-        _append_metrics(log_dir, history, start, time.perf_counter() - t0)
+    except BaseException as exc:
+        reason = type(exc).__name__
+        raise
+    finally:
+        bar.close()
+        log.write({"event": "stop", "step": done, "reason": reason, "seconds": round(time.perf_counter() - t0, 3)})
+        log.close()
+    if reason in ("SIGINT", "SIGTERM"):
+        where = (f"checkpoint {done} saved in {checkpoint_dir!r}; run the same command again to resume from it"
+                 if checkpoint_dir is not None else "no checkpoint_dir was given, so nothing was saved")
+        message = f"meta_train stopped by {reason} after step {done}: {where}"
+        _say(message, True)
+        raise TrainingInterrupted(message, signal=reason, step=done, checkpoint_dir=checkpoint_dir, state=state)
     return state, history
 
 
-def _append_metrics(directory: str | os.PathLike, history: History, start: int, seconds: float) -> None:
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "metrics.jsonl"), "a") as f:
-        for step, values in zip(history.steps, history.metrics):
-            f.write(json.dumps({"step": step, **values}) + "\n")
-        f.write(json.dumps({"event": "segment", "from_step": start, "to_step": history.steps[-1], "seconds": seconds}) + "\n")
-
+def _raise_if_nonfinite(state: TrainState, skip_nonfinite: bool, checkpoint_dir: str | None, done: int,
+                        values: dict | None = None) -> None:
+    if skip_nonfinite:
+        return
+    bad = int(state.first_nonfinite_step)
+    if bad < 0:
+        return
+    if values is None:
+        term = "loss or gradient"
+    else:
+        term = "loss" if not math.isfinite(values.get("loss", 0.0)) else "gradient"
+    raise NonFiniteError(f"meta-step {bad} produced a non-finite {term} (detected at step {done}); "
+                         f"last checkpoint: {latest_step(checkpoint_dir) if checkpoint_dir else None}")

@@ -458,11 +458,11 @@ def glyphs(
         if cached is not None:
             return cached
 
-    from tqdm.auto import tqdm
+    from fsl_jax._progress import progress
 
     data = np.empty((len(chosen), per_class, size, size, 1), np.uint8)
     canvas = 2 * size
-    with tqdm(total=len(chosen), desc=f"glyphs {split} {size}px", unit="class", delay=2.0, leave=False) as bar:
+    with progress(total=len(chosen), desc=f"glyphs {split} {size}px", unit="class", delay=2.0, leave=False) as bar:
         for k, g in enumerate(chosen):
             drawers = _drawers(int(catalogue.codepoints[g]), catalogue.faces[g], canvas, per_class, seed)
             data[k, ..., 0] = _draw(drawers, canvas)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fsl_jax._config import describe
 from fsl_jax.tasks import Task
 
 
@@ -108,6 +109,13 @@ class DeviceSampler:
         _check_count("num_tasks", num_tasks)
         return jax.vmap(self.sample_one)(jax.random.split(key, num_tasks))
 
+    @property
+    def config(self) -> dict:
+        """What defines this sampler's episodes (stored with checkpoints): the episode shape and the data's shape,
+        dtype and a fingerprint of its values."""
+        return {"sampler": "DeviceSampler", "ways": self.ways, "shots": self.shots, "queries": self.queries,
+                "dtype": np.dtype(self.dtype).name, "data": describe(self.data)}
+
     def __repr__(self) -> str:
         return (
             f"DeviceSampler(classes={self.num_classes}, per_class={self.per_class}, features={self.feature_shape}, "
@@ -198,6 +206,14 @@ class HostSampler:
         support_y = np.tile(_labels(self.ways, self.shots), (num_tasks, 1))
         query_y = np.tile(_labels(self.ways, self.queries), (num_tasks, 1))
         return Task(support_x, support_y, query_x, query_y)
+
+    @property
+    def config(self) -> dict:
+        """What defines this sampler's episodes (stored with checkpoints), as :attr:`DeviceSampler.config`."""
+        counts = [len(c) for c in self.classes]
+        return {"sampler": "HostSampler", "ways": self.ways, "shots": self.shots, "queries": self.queries,
+                "seed": self.seed, "dtype": np.dtype(self.dtype).name, "classes": len(counts), "examples": sum(counts),
+                "data": describe(self.classes[0]), "last_class": describe(self.classes[-1])}
 
     def __repr__(self) -> str:
         return (

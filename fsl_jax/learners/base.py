@@ -10,7 +10,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fsl_jax.tasks import Task
+from fsl_jax.tasks import Task, validate_task
 
 Array = Any
 Params = Any
@@ -31,6 +31,9 @@ class Learner(NamedTuple):
       name: a short name used in logs and tables.
       extra_loss: optional ``(params, adapted, task, key) -> scalar`` added to the query loss during meta-training
         (a regulariser or an ELBO term); not counted in evaluation metrics.
+      config: the constructor's name and arguments as a JSON-able dict (set by every built-in constructor;
+        ``None`` for a hand-made learner). :func:`fsl_jax.meta_train` stores it with each checkpoint and refuses to
+        resume a run whose learner was built with other settings.
 
     Example: nearest class mean on the raw inputs, with a learned input scale (``examples/custom_learner.py`` has a
     fuller one).
@@ -61,6 +64,7 @@ class Learner(NamedTuple):
     kind: str = "classification"
     name: str = "learner"
     extra_loss: Callable | None = None
+    config: dict | None = None
 
 
 def _weighted_mean(values: Array, mask: Array | None) -> Array:
@@ -169,6 +173,7 @@ def meta_loss(learner: Learner, params: Params, task: Task, key: Array) -> tuple
       >>> params = learner.init(jax.random.key(1), task)
       >>> loss, aux = fj.meta_loss(learner, params, task, jax.random.key(2))
     """
+    validate_task(task, check_values=False)  # shapes only: free at trace time, names the field that is wrong
     adapt_key, extra_key = jax.random.split(key)
     adapted = learner.adapt(params, task, adapt_key)
     predictions = learner.predict(params, adapted, task.query_x)

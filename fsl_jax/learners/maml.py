@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fsl_jax._config import records_config
 from fsl_jax.learners.base import Learner, resolve_loss
 from fsl_jax.tasks import Task
 
@@ -136,6 +137,7 @@ def _make(
     return Learner(init=init, adapt=adapt, predict=predict, loss=loss_fn, kind=kind, name=name)
 
 
+@records_config
 def maml(
     model: nn.Module,
     loss: str | Callable = "xent",
@@ -171,6 +173,7 @@ def maml(
                  learn_lr=False, name="fomaml" if first_order else "maml")
 
 
+@records_config
 def anil(
     model: nn.Module,
     loss: str | Callable = "xent",
@@ -196,6 +199,7 @@ def anil(
                  learn_lr=False, name="anil")
 
 
+@records_config
 def meta_sgd(
     model: nn.Module,
     loss: str | Callable = "xent",

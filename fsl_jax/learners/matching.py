@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fsl_jax._config import records_config
 from fsl_jax.learners.base import Learner, xent_loss
 from fsl_jax.learners.protonet import check_module, check_positive, check_ways, class_weights, cosine_similarity, embed
 from fsl_jax.tasks import Task
@@ -74,6 +75,7 @@ def _attention_dot(h: Array, g: Array, mask: Array | None) -> Array:
     return jax.nn.softmax(scores, axis=-1)
 
 
+@records_config
 def matching_net(
     encoder: nn.Module,
     ways: int,

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fsl_jax._config import records_config
 from fsl_jax.learners.base import Learner, xent_loss
 from fsl_jax.tasks import Task
 
@@ -105,6 +106,7 @@ def cosine_similarity(a: Array, b: Array, eps: float = 1e-8) -> Array:
     return a @ b.T
 
 
+@records_config
 def protonet(
     encoder: nn.Module,
     ways: int,

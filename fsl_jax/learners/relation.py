@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fsl_jax._config import records_config
 from fsl_jax.learners.base import Learner, mse_loss
 from fsl_jax.learners.protonet import check_module, check_ways, class_prototypes
 from fsl_jax.models.conv import Conv2d, Norm, max_pool_2x2
@@ -133,6 +134,7 @@ def relation_mse_loss(predictions: Array, labels: Array, mask: Array | None = No
     return mse_loss(predictions, targets, mask)
 
 
+@records_config
 def relation_net(
     encoder: nn.Module,
     relation_module: nn.Module | None,

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fsl_jax._config import records_config
 from fsl_jax.learners.base import Learner, accuracy
 from fsl_jax.learners.maml import maml
 from fsl_jax.tasks import Task
@@ -15,6 +16,7 @@ from fsl_jax.tasks import Task
 Array = Any
 
 
+@records_config
 def reptile(
     model: nn.Module,
     loss: str | Callable = "xent",

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fsl_jax._config import records_config
 from fsl_jax.learners.base import Learner, xent_loss
 from fsl_jax.learners.protonet import check_module, check_positive, check_ways, class_weights, embed, sqeuclidean
 from fsl_jax.tasks import Task
@@ -86,6 +87,7 @@ def nearest_neighbour_logits(queries: Array, support: Array, labels_onehot: Arra
     return -jnp.min(per_class, axis=-1)
 
 
+@records_config
 def siamese(
     encoder: nn.Module,
     ways: int,

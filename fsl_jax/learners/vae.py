@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fsl_jax._config import records_config
 from fsl_jax.learners.base import Learner, xent_loss
 from fsl_jax.learners.protonet import check_module, check_positive, check_ways, class_weights
 from fsl_jax.tasks import Task
@@ -146,6 +147,7 @@ def _normal(key: Array, shape: tuple[int, ...], dtype: Any) -> Array:
     return jax.random.normal(key, (int(np.prod(shape)),), dtype).reshape(shape)
 
 
+@records_config
 def cvae_classifier(
     encoder: nn.Module | None,
     decoder: nn.Module | None,

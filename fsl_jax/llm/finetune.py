@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
+from fsl_jax._progress import progress
 
 from fsl_jax.data.text import sort_labels, tokenize
 from fsl_jax.llm.text_models import Backbone, BertClassifier, BertEncoder, encoder_variables, load_backbone
@@ -562,7 +562,7 @@ class FewShotTextClassifier:
                 fill = np.full((padded - total, ids_todo.shape[1]), bb.pad_token_id, np.int32)
                 ids_todo = np.concatenate([ids_todo, fill])
             chunks = []
-            for s in tqdm(range(0, padded, bs), desc=desc, disable=not self.progress, leave=False):
+            for s in progress(range(0, padded, bs), desc=desc, disable=not self.progress, leave=False):
                 chunks.append(fn(params, jnp.asarray(ids_todo[s:s + bs])))
             feats = np.asarray(jnp.concatenate(chunks))[:total]
             for j, i in enumerate(todo):
@@ -704,7 +704,7 @@ class FewShotTextClassifier:
         if val is not None and probe:  # the probe itself is a candidate: fine-tuning must beat it on validation
             best_loss, best_acc = (float(v) for v in eval_fn(state[0], *val))
             best_params = _copy_tree(state[0])
-        bar = tqdm(range(steps), desc="finetune", disable=not self.progress, leave=False)
+        bar = progress(range(steps), desc="finetune", disable=not self.progress, leave=False)
         for i in bar:
             idx = jnp.asarray(stream[i * batch:(i + 1) * batch])
             state, loss = step_fn(state, ids_dev, y_dev, idx, jax.random.fold_in(key, i))
@@ -743,7 +743,7 @@ class FewShotTextClassifier:
         codes = jnp.asarray(y)
         key = jax.random.key(self.seed)
         losses = []
-        bar = tqdm(range(steps), desc="setfit", disable=not self.progress, leave=False)
+        bar = progress(range(steps), desc="setfit", disable=not self.progress, leave=False)
         for i in bar:
             state, loss = step_fn(state, ids, codes, *index, jax.random.fold_in(key, i))
             losses.append(loss)
@@ -785,7 +785,7 @@ class FewShotTextClassifier:
     def _meta_train(self, kind: str, module: Any, variables: Any, groups: list, ways: int, shots: int, queries: int,
                     temperature: float = 1.0) -> tuple[Any, list[float]]:
         from fsl_jax.data.sampler import HostSampler
-        from fsl_jax.train import TrainState
+        from fsl_jax.step import TrainState
 
         steps = int(self._setting("meta_train_steps"))
         lr = float(self._setting("learning_rate"))
@@ -794,7 +794,7 @@ class FewShotTextClassifier:
         state = TrainState.create(learner, _copy_tree(variables), tx)
         key = jax.random.key(self.seed)
         accs = []
-        bar = tqdm(range(steps), desc=f"meta-train {kind}", disable=not self.progress, leave=False)
+        bar = progress(range(steps), desc=f"meta-train {kind}", disable=not self.progress, leave=False)
         for i in bar:
             tasks = jax.tree_util.tree_map(jnp.asarray, sampler.sample(self.meta_batch, index=i))
             state, metrics = step_fn(state, tasks, jax.random.fold_in(key, i))

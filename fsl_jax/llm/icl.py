@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fsl_jax._config import records_config
 from fsl_jax.learners.base import Learner, xent_loss
 from fsl_jax.models.bert import attention_bias
 from fsl_jax.models.gpt2 import GPT2Block, GPT2Config
@@ -114,6 +115,7 @@ class ICLTransformer(nn.Module):
         return logits.astype(jnp.float32)
 
 
+@records_config
 def icl_learner(model: ICLTransformer) -> Learner:
     """The :class:`ICLTransformer` as a :class:`~fsl_jax.Learner`: ``adapt`` packs the support set, ``predict``
     runs the transformer on it plus the queries.

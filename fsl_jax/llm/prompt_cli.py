@@ -86,7 +86,7 @@ def run_prompt(args: argparse.Namespace) -> int:
       ValueError / FileNotFoundError: bad flags, data or model folder (``fsl-jax``'s ``main`` prints them).
     """
     import numpy as np
-    from tqdm.auto import tqdm
+    from fsl_jax._progress import progress
 
     from fsl_jax.data.text import bbc_news, few_shot_split, load_text_file
     from fsl_jax.llm.prompting import PromptClassifier, Template, Verbalizer, sentence_embed_fn
@@ -134,7 +134,7 @@ def run_prompt(args: argparse.Namespace) -> int:
 
     accuracies, pooled_true, pooled_pred, draws = [], [], [], []
     t_start = time.perf_counter()
-    bar = tqdm(range(args.draws), desc="prompt", disable=args.no_progress, dynamic_ncols=True)
+    bar = progress(range(args.draws), desc="prompt", disable=args.no_progress)
     for d in bar:
         support_x, support_y, test_x, test_y = few_shot_split(
             dataset, max(args.shots, 1), seed=args.seed * 100_003 + d + 1, test_per_class=args.test_per_class,

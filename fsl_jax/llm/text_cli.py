@@ -80,7 +80,7 @@ def run_text(args: argparse.Namespace) -> int:
       ValueError / FileNotFoundError: bad flags or data (``fsl-jax``'s ``main`` turns them into one-line errors).
     """
     import numpy as np
-    from tqdm.auto import tqdm
+    from fsl_jax._progress import progress
 
     from fsl_jax.data.text import bbc_news, few_shot_split, load_text_file
     from fsl_jax.llm.finetune import FewShotTextClassifier
@@ -95,7 +95,7 @@ def run_text(args: argparse.Namespace) -> int:
         dataset, data_name = bbc_news(), "BBC News"
     else:
         dataset, data_name = load_text_file(args.data, args.text_column, args.label_column), os.path.basename(args.data)
-    progress = not args.no_progress
+    show_progress = not args.no_progress
     fixed_test = args.test_per_class is not None
     settings = dict(method=args.method, max_length=args.max_length, steps=args.steps,
                     learning_rate=args.learning_rate, batch_size=args.batch_size,
@@ -108,12 +108,12 @@ def run_text(args: argparse.Namespace) -> int:
     pooled_true: list = []
     pooled_pred: list = []
     t_start = time.perf_counter()
-    bar = tqdm(range(args.draws), desc=f"text {args.method}", disable=not progress, dynamic_ncols=True)
+    bar = progress(range(args.draws), desc=f"text {args.method}", disable=not show_progress)
     for d in bar:
         support_x, support_y, test_x, test_y = few_shot_split(
             dataset, args.shots, seed=args.seed * 100_003 + d + 1, test_per_class=args.test_per_class,
             test_seed=args.seed if fixed_test else None)
-        clf = FewShotTextClassifier(args.backbone, seed=args.seed + d, progress=progress, **settings)
+        clf = FewShotTextClassifier(args.backbone, seed=args.seed + d, progress=show_progress, **settings)
         t0 = time.perf_counter()
         clf.fit(support_x, support_y)
         fit_s = time.perf_counter() - t0
