@@ -65,7 +65,7 @@ def source_ways(source: Any) -> int | None:
 
 
 def _abstract(tree: Any) -> Any:
-    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype), tree)
 
 
 def label_count(task: Task) -> int | None:

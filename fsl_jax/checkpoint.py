@@ -10,6 +10,7 @@ a failed save never deletes an older one; ``keep`` bounds how many are kept. A l
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from typing import Any
@@ -78,10 +79,11 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainState, *, keep: in
                                                        meta=ocp.args.JsonSave(meta)), force=True)
             manager.wait_until_finished()
     except Exception as exc:  # noqa: BLE001 - orbax/tensorstore report disk faults under several types
-        errno = getattr(exc, "errno", None)
+        code = getattr(exc, "errno", None) or re.search(r"os_error_code='(\d+)'", str(exc))
+        code = int(code.group(1)) if isinstance(code, re.Match) else code
         kept = f"the previous checkpoint (step {previous}) is intact" if previous is not None else "no checkpoint kept"
-        raise OSError(errno, f"could not write checkpoint {step} to {os.fspath(directory)!r} "
-                             f"({type(exc).__name__}: {exc}); {kept}") from exc
+        message = f"could not write checkpoint {step} to {os.fspath(directory)!r} ({type(exc).__name__}: {exc}); {kept}"
+        raise (OSError(code, message) if code else OSError(message)) from exc
     return step
 
 
@@ -133,11 +135,13 @@ def _check_structure(manager: ocp.CheckpointManager, step: int, target: dict, wh
         raise ValueError(f"checkpoint {step} in {where} does not match target: it has {len(flat_stored)} arrays, "
                          f"target has {len(flat_target)} (only in the checkpoint: {only_stored}; only in the target: "
                          f"{only_target})")
-    for path, meta in flat_stored.items():
-        want = tuple(np.shape(flat_target[path]))
-        if tuple(meta.shape) != want:
-            raise ValueError(f"checkpoint {step} in {where}: leaf {path} has shape {tuple(meta.shape)}, target has "
-                             f"{want}")
+    wrong = sorted((not path.startswith("params"), path) for path, meta in flat_stored.items()
+                   if tuple(meta.shape) != tuple(np.shape(flat_target[path])))
+    if wrong:
+        path = wrong[0][1]
+        more = f" (and {len(wrong) - 1} more leaves differ)" if len(wrong) > 1 else ""
+        raise ValueError(f"checkpoint {step} in {where}: leaf {path} has shape {tuple(flat_stored[path].shape)}, "
+                         f"target has {tuple(np.shape(flat_target[path]))}{more}")
 
 
 def read_checkpoint_config(directory: str | os.PathLike, step: int | None = None) -> dict | None:

@@ -6,11 +6,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from fsl_jax import _validate
 from fsl_jax._progress import progress as progress_bar
-
 from fsl_jax.learners.base import Learner, meta_loss
-
-from fsl_jax.tasks import Task, validate_task
+from fsl_jax.tasks import Task, task_at, validate_task
 
 Array = Any
 
@@ -97,12 +97,15 @@ def evaluate(
         raise TypeError(f"learner must be a fsl_jax.Learner, got {type(learner).__name__}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 2:
+        raise ValueError(f"episodes must be an int >= 2 (a confidence interval needs two), got {episodes!r}")
     scores = jax.jit(_batched_scores(learner))
     metric_name = "accuracy" if learner.kind == "classification" else "mse"
     metrics, losses = [], []
 
     if isinstance(source, Task):
         validate_task(source, batched=True)
+        _validate.check_output_width(learner, params, task_at(source, 0))
         key = jax.random.key(0) if key is None else key
         total = int(np.shape(source.support_x)[0])
         for start in progress_bar(range(0, total, batch_size), disable=not progress, desc="evaluate"):
@@ -111,11 +114,10 @@ def evaluate(
             metrics.append(np.asarray(m))
             losses.append(np.asarray(l))
     else:
-        if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 2:
-            raise ValueError(f"episodes must be an int >= 2 (a confidence interval needs two), got {episodes!r}")
         if key is None:
             raise ValueError("key is required when sampling episodes (pass key=jax.random.key(seed))")
         batch_size = min(batch_size, episodes)
+        ways = _validate.source_ways(source)
         if isinstance(source, DeviceSampler):
             source = source.sample
         if isinstance(source, HostSampler):
@@ -131,6 +133,10 @@ def evaluate(
                 return _batched_scores(learner)(params, source(k_sample, batch_size), k_adapt)
         else:
             raise TypeError(f"source must be a sampler, a callable (key, num_tasks) -> Task or a Task, got {type(source).__name__}")
+        if ways is not None:  # the model's output width against the episodes' ways, from shapes only
+            example = jax.eval_shape(lambda k: task_at(source(k, 1), 0), key) if host is None else \
+                task_at(host.sample(1, index=0), 0)
+            _validate.check_output_width(learner, params, example, ways)
         batches = -(-episodes // batch_size)
         for b in progress_bar(range(batches), disable=not progress, desc="evaluate"):
             k = jax.random.fold_in(key, b)

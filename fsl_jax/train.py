@@ -173,11 +173,11 @@ class _MetricsLog:
             self.file = None
 
 
-def _line_step(line: str) -> int:
+def _line_step(line: str) -> int | float:
     try:
         return int(json.loads(line).get("step", 0))
     except (ValueError, AttributeError):
-        return 0  # a line cut short by a kill: keep it out of the step filter's way
+        return math.inf  # a line cut short by a kill: dropped
 
 
 def run_config(learner: Learner, optimizer: optax.GradientTransformation, source: Any, meta_batch: int,
@@ -346,7 +346,8 @@ def meta_train(
                           f"nothing to train (raise steps to continue it)", stacklevel=2)
         else:
             _say(f"resuming from step {restored} (checkpoint in {checkpoint_dir})", progress)
-    if example is not None:
+    if example is not None and (host or _validate.source_ways(source) is None):
+        # (a source with static ways is checked by the compiled step at trace time)
         _validate.check_output_width(learner, state.params, example, _validate.source_ways(source))
 
     if mesh is not None:

@@ -1,5 +1,12 @@
-"""A run killed with SIGKILL at a random moment and resumed ends bit-identical to an uninterrupted run."""
+"""Runs stopped at a random moment (SIGKILL, SIGINT, SIGTERM) and resumed end bit-identical to an uninterrupted run.
 
+Real subprocesses, real signals. SIGINT and SIGTERM must save the step in flight and exit non-zero; SIGKILL loses at
+most the steps since the last checkpoint. In every case the resumed run's final parameters and optimiser state equal
+the uninterrupted run's bit for bit, and its ``metrics.jsonl`` holds every logged step exactly once, with the
+uninterrupted run's values.
+"""
+
+import json
 import os
 import random
 import signal
@@ -8,6 +15,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 import fsl_jax as fj
 
@@ -15,8 +23,8 @@ WORKER = os.path.join(os.path.dirname(__file__), "resume_worker.py")
 STEPS = 400
 
 
-def _run(ckpt, out):
-    return subprocess.Popen([sys.executable, WORKER, str(ckpt), str(out), str(STEPS)],
+def _run(ckpt, out, log_dir, *extra):
+    return subprocess.Popen([sys.executable, WORKER, str(ckpt), str(out), str(STEPS), str(log_dir), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -25,27 +33,88 @@ def _load(path):
         return int(f["step"]), [f[k] for k in sorted(f.files, key=lambda k: (len(k), k)) if k != "step"]
 
 
-def test_sigkill_then_resume_is_bit_identical(tmp_path):
-    reference = _run("-", tmp_path / "reference.npz")
-    ckpt = tmp_path / "ckpt"
-    victim = _run(ckpt, tmp_path / "never.npz")
+def _rows(log_dir):
+    with open(os.path.join(log_dir, "metrics.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    return [r for r in lines if "event" not in r], [r for r in lines if "event" in r]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run, shared by the three stop tests."""
+    folder = tmp_path_factory.mktemp("reference")
+    run = _run("-", folder / "reference.npz", folder)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err
+    return _load(folder / "reference.npz"), _rows(folder)[0]
+
+
+def _wait_for_checkpoint(victim, ckpt, at_least=20):
     deadline = time.time() + 240
-    while fj.latest_step(ckpt) is None or fj.latest_step(ckpt) < 20:
+    while fj.latest_step(ckpt) is None or fj.latest_step(ckpt) < at_least:
         assert victim.poll() is None, victim.communicate()
         assert time.time() < deadline, "the worker made no checkpoint in time"
         time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 0.5))  # a random moment: between steps or in the middle of a save
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    killed_at = fj.latest_step(ckpt)
-    assert killed_at is not None and killed_at < STEPS, "the run finished before it was killed"
 
-    resumed = _run(ckpt, tmp_path / "resumed.npz")
-    assert resumed.wait(timeout=300) == 0, resumed.communicate()
-    assert reference.wait(timeout=300) == 0, reference.communicate()
-    step_a, a = _load(tmp_path / "reference.npz")
-    step_b, b = _load(tmp_path / "resumed.npz")
-    assert step_a == step_b == STEPS
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=lambda s: signal.Signals(s).name)
+def test_stop_at_a_random_moment_then_resume_is_bit_identical(sig, reference, tmp_path):
+    (ref_step, ref_leaves), ref_rows = reference
+    ckpt, logs = tmp_path / "ckpt", tmp_path / "logs"
+    victim = _run(ckpt, tmp_path / "never.npz", logs)
+    try:
+        _wait_for_checkpoint(victim, ckpt)
+        delay = random.uniform(0.0, 0.5)
+        time.sleep(delay)  # a random moment: in a step, between steps or in the middle of a save
+        victim.send_signal(sig)
+        out, err = victim.communicate(timeout=120)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    stopped_at = fj.latest_step(ckpt)
+    assert stopped_at is not None and stopped_at < STEPS, f"the run finished before the signal (delay {delay:.2f} s)"
+    if sig == signal.SIGKILL:
+        assert victim.returncode == -signal.SIGKILL
+    else:
+        name = signal.Signals(sig).name
+        assert victim.returncode == 3, (victim.returncode, err)  # the worker's exit status for TrainingInterrupted
+        assert f"STOPPED {name} {stopped_at}" in out, (out, err)  # the step in flight was completed and saved
+        assert f"meta_train stopped by {name} after step {stopped_at}" in err and "run the same command again" in err
+        assert "finishing the step in flight" in err
+
+    resumed = _run(ckpt, tmp_path / "resumed.npz", logs)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert f"resuming from step {stopped_at}" in err
+    step, leaves = _load(tmp_path / "resumed.npz")
+    assert step == ref_step == STEPS and len(leaves) == len(ref_leaves)
+    for x, y in zip(leaves, ref_leaves):
         np.testing.assert_array_equal(x, y)
+    rows, events = _rows(logs)
+    assert [r["step"] for r in rows] == [r["step"] for r in ref_rows] == list(range(5, STEPS + 1, 5))
+    assert rows == ref_rows  # every logged step once, with exactly the uninterrupted run's values
+    starts = [e["step"] for e in events if e["event"] == "start"]
+    assert starts == [0, stopped_at], events
+
+
+def test_a_second_signal_exits_at_once_without_saving(tmp_path):
+    """The first SIGINT waits for the step in flight (a 2 s batch here); a second one ends the process at once."""
+    ckpt = tmp_path / "ckpt"
+    victim = _run(ckpt, tmp_path / "never.npz", tmp_path, "slow")
+    try:
+        _wait_for_checkpoint(victim, ckpt, at_least=5)
+        victim.send_signal(signal.SIGINT)
+        line = ""
+        deadline = time.time() + 60
+        while "finishing the step in flight" not in line:  # the first signal was handled
+            assert time.time() < deadline and victim.poll() is None
+            line = victim.stderr.readline()
+        t0 = time.time()
+        victim.send_signal(signal.SIGINT)
+        victim.wait(timeout=30)
+        elapsed = time.time() - t0
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert victim.returncode == -signal.SIGINT, victim.returncode  # the default action: no save, no exit(3)
+    assert elapsed < 1.5, f"the second SIGINT took {elapsed:.2f} s (the step in flight needs 2 s)"

@@ -123,8 +123,9 @@ def test_resume_after_stop_is_bit_identical(tmp_path):
     ckpt = tmp_path / "ckpt"
     first, _ = fj.meta_train(learner, optimizer, SOURCE, steps=13, checkpoint_dir=ckpt, checkpoint_every=5, **kwargs)
     assert fj.latest_step(ckpt) == 13
-    resumed, _ = fj.meta_train(learner, optimizer, SOURCE, steps=30, checkpoint_dir=ckpt, **kwargs)
+    resumed, history = fj.meta_train(learner, optimizer, SOURCE, steps=30, checkpoint_dir=ckpt, **kwargs)
     assert int(resumed.step) == 30
+    assert history.steps == [15, 20, 25, 30]  # the resumed run really started at step 13, not from scratch
     assert _leaves_equal(resumed.params, full.params)
     assert _leaves_equal(resumed.opt_state, full.opt_state)
 
@@ -136,7 +137,8 @@ def test_host_sampler_resume_is_bit_identical(tmp_path):
     kwargs = dict(meta_batch=4, key=jax.random.key(1), log_every=4, progress=False)
     full, _ = fj.meta_train(learner, optax.sgd(0.1), sampler, steps=12, **kwargs)
     fj.meta_train(learner, optax.sgd(0.1), sampler, steps=7, checkpoint_dir=tmp_path, **kwargs)
-    resumed, _ = fj.meta_train(learner, optax.sgd(0.1), sampler, steps=12, checkpoint_dir=tmp_path, **kwargs)
+    resumed, history = fj.meta_train(learner, optax.sgd(0.1), sampler, steps=12, checkpoint_dir=tmp_path, **kwargs)
+    assert history.steps == [8, 12]  # started at the checkpoint's step 7
     assert _leaves_equal(resumed.params, full.params)
 
 
@@ -154,10 +156,15 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
         fj.restore_checkpoint(tmp_path / "empty", fresh)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         fj.restore_checkpoint(tmp_path / "missing", fresh)
-    other = fj.TrainState.create(learner, fj.maml(fj.models.MLP(hidden=(3,)), "mse").init(
+    other = fj.TrainState.create(learner, fj.maml(fj.models.MLP(hidden=(3, 16)), "mse").init(
         jax.random.key(0), fj.task_at(SOURCE(jax.random.key(1), 1), 0)), optimizer)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"checkpoint 1 in .* leaf params/params/dense0/bias has shape \(16,\), target has "
+                                         r"\(3,\) \(and 8 more leaves differ\)"):
         fj.restore_checkpoint(tmp_path, other)
+    wider = fj.TrainState.create(learner, fj.maml(fj.models.MLP(hidden=(16, 16, 16)), "mse").init(
+        jax.random.key(0), fj.task_at(SOURCE(jax.random.key(1), 1), 0)), optimizer)
+    with pytest.raises(ValueError, match=r"does not match target: it has 22 arrays, target has 28"):
+        fj.restore_checkpoint(tmp_path, wider)
 
 
 def test_keep_last_n_checkpoints(tmp_path):

@@ -234,10 +234,16 @@ class Conv4(nn.Module):
 
     Example:
       >>> import jax, jax.numpy as jnp, fsl_jax as fj
-      >>> model = fj.models.Conv4(num_classes=5)
-      >>> variables = model.init(jax.random.key(0), jnp.zeros((5, 28, 28, 1)))
-      >>> model.apply(variables, jnp.zeros((5, 28, 28, 1))).shape
+      >>> model = fj.models.Conv4(num_classes=5, hidden=16)
+      >>> x = jnp.zeros((5, 28, 28, 1))
+      >>> variables = model.init(jax.random.key(0), x)
+      >>> model.apply(variables, x).shape
       (5, 5)
+      >>> list(variables["params"])  # four blocks and the head that ANIL adapts
+      ['block0', 'block1', 'block2', 'block3', 'head']
+      >>> encoder = fj.models.Conv4(hidden=16)  # no num_classes: an embedding network
+      >>> encoder.apply(encoder.init(jax.random.key(0), x), x).shape
+      (5, 16)
     """
 
     num_classes: int | None = None
