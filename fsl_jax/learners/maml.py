@@ -168,6 +168,8 @@ def maml(
       >>> state = fj.TrainState.create(learner, params, optax.adam(1e-3))
       >>> step = fj.make_meta_step(learner, optax.adam(1e-3))
       >>> state, metrics = step(state, tasks, jax.random.key(2))
+      >>> int(state.step), round(float(metrics["loss"]), 2)  # mean query loss after one inner step
+      (1, 5.95)
     """
     return _make(model, loss, inner_lr, inner_steps, first_order=first_order, remat=remat, head=None,
                  learn_lr=False, name="fomaml" if first_order else "maml")
@@ -194,6 +196,8 @@ def anil(
     Example:
       >>> import fsl_jax as fj
       >>> learner = fj.anil(fj.models.Conv4(num_classes=5), "xent", inner_lr=0.4, inner_steps=5)
+      >>> learner.name, learner.kind
+      ('anil', 'classification')
     """
     return _make(model, loss, inner_lr, inner_steps, first_order=first_order, remat=remat, head=head,
                  learn_lr=False, name="anil")
@@ -214,8 +218,14 @@ def meta_sgd(
     at ``inner_lr`` and are meta-trained with the weights (their sign is free, so they also learn a direction).
 
     Example:
-      >>> import fsl_jax as fj
+      >>> import jax, fsl_jax as fj
       >>> learner = fj.meta_sgd(fj.models.MLP((40, 40), 1), "mse", inner_lr=0.01)
+      >>> task = fj.task_at(fj.data.sinusoid_tasks(jax.random.key(0), 1, 5, 5), 0)
+      >>> params = learner.init(jax.random.key(1), task)
+      >>> list(params), params["inner_lr"]["dense0"]["kernel"].shape  # one learning rate per weight
+      (['model', 'inner_lr'], (1, 40))
+      >>> round(float(params["inner_lr"]["head"]["bias"][0]), 4)  # starts at inner_lr
+      0.01
     """
     return _make(model, loss, inner_lr, inner_steps, first_order=first_order, remat=remat, head=None,
                  learn_lr=True, name="meta_sgd")

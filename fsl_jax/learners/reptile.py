@@ -39,6 +39,8 @@ def reptile(
     Example:
       >>> import fsl_jax as fj
       >>> learner = fj.reptile(fj.models.MLP((40, 40), 1), "mse", inner_lr=0.02, inner_steps=5)
+      >>> learner.name, learner.kind
+      ('reptile', 'regression')
     """
     base = maml(model, loss, inner_lr, inner_steps, first_order=True)
 
