@@ -113,10 +113,14 @@ def matching_net(
     Example:
       >>> import jax, jax.numpy as jnp, fsl_jax as fj
       >>> learner = fj.matching_net(fj.models.MLP(hidden=(32,), out=16), ways=2, fce=True)
-      >>> task = fj.Task(jnp.ones((4, 8)), jnp.array([0, 0, 1, 1]), jnp.ones((6, 8)), jnp.zeros(6, int))
-      >>> params = learner.init(jax.random.key(0), task)
-      >>> learner.predict(params, learner.adapt(params, task, None), task.query_x).shape
-      (6, 2)
+      >>> x = jax.random.normal(jax.random.key(0), (10, 8))
+      >>> task = fj.Task(x[:4], jnp.array([0, 0, 1, 1]), x[4:], jnp.array([0, 1, 0, 1, 0, 1]))
+      >>> params = learner.init(jax.random.key(1), task)
+      >>> list(params)
+      ['encoder', 'fce']
+      >>> log_probs = learner.predict(params, learner.adapt(params, task, None), task.query_x)
+      >>> log_probs.shape, jnp.exp(log_probs).sum(-1).round(4).tolist()  # a distribution over the 2 classes
+      ((6, 2), [1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
     """
     check_module("encoder", encoder)
     ways = check_ways(ways)

@@ -139,13 +139,22 @@ def protonet(
       a :class:`~fsl_jax.Learner` with ``kind="classification"`` and the softmax cross-entropy loss.
 
     Example:
-      >>> import jax, optax, fsl_jax as fj
-      >>> learner = fj.protonet(fj.models.Conv4(hidden=32), ways=5)
-      >>> sampler = fj.data.DeviceSampler(jax.random.uniform(jax.random.key(0), (20, 10, 28, 28, 1)), 5, 1, 5)
-      >>> params = learner.init(jax.random.key(1), sampler.sample_one(jax.random.key(2)))
-      >>> state = fj.TrainState.create(learner, params, optax.adam(1e-3))
-      >>> step = fj.make_meta_step(learner, optax.adam(1e-3), sampler=sampler.sample, meta_batch=4)
-      >>> state, metrics = step(state, jax.random.key(3))
+      >>> import jax, jax.numpy as jnp, fsl_jax as fj
+      >>> learner = fj.protonet(fj.models.Conv4(hidden=16), ways=5)
+      >>> x = jax.random.uniform(jax.random.key(0), (30, 28, 28, 1))
+      >>> task = fj.Task(x[:5], jnp.arange(5), x[5:], jnp.arange(25) % 5)  # 5-way 1-shot, 5 queries per class
+      >>> params = learner.init(jax.random.key(1), task)
+      >>> prototypes = learner.adapt(params, task, None)
+      >>> prototypes.shape  # one 16-dimensional mean embedding per class
+      (5, 16)
+      >>> learner.predict(params, prototypes, task.query_x).shape  # a logit per query and class
+      (25, 5)
+      >>> loss, aux = fj.meta_loss(learner, params, task, jax.random.key(2))
+      >>> sorted(aux), bool(0.0 <= aux["accuracy"] <= 1.0)
+      (['accuracy', 'query_loss'], True)
+
+    Meta-training is :func:`fsl_jax.make_meta_step` with this learner, e.g. on tasks drawn by a
+    :class:`fsl_jax.data.DeviceSampler` (``sampler=sampler.sample``).
     """
     check_module("encoder", encoder)
     ways = check_ways(ways)

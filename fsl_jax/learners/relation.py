@@ -75,10 +75,10 @@ class RelationModule(nn.Module):
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> pairs = jnp.zeros((10, 7, 7, 16))
+      >>> pairs = jnp.zeros((8, 7, 7, 16))  # 8 (query, class) pairs of two 7x7x8 feature maps
       >>> m = RelationModule(channels=8)
       >>> m.apply(m.init(jax.random.key(0), pairs), pairs).shape
-      (10,)
+      (8,)
     """
 
     channels: int = 64
@@ -166,8 +166,12 @@ def relation_net(
       >>> learner = fj.relation_net(RelationEncoder(hidden=8), RelationModule(channels=8), ways=2)
       >>> task = fj.Task(jnp.ones((2, 28, 28, 1)), jnp.array([0, 1]), jnp.ones((4, 28, 28, 1)), jnp.zeros(4, int))
       >>> params = learner.init(jax.random.key(0), task)
-      >>> learner.predict(params, learner.adapt(params, task, None), task.query_x).shape
-      (4, 2)
+      >>> features = learner.adapt(params, task, None)
+      >>> features.shape  # per class: the sum of its support feature maps
+      (2, 7, 7, 8)
+      >>> scores = learner.predict(params, features, task.query_x)
+      >>> scores.shape, bool(jnp.all((scores >= 0) & (scores <= 1)))
+      ((4, 2), True)
     """
     check_module("encoder", encoder)
     relation_module = RelationModule() if relation_module is None else check_module("relation_module", relation_module)

@@ -122,9 +122,14 @@ def siamese(
     Example:
       >>> import jax, jax.numpy as jnp, fsl_jax as fj
       >>> learner = fj.siamese(fj.models.MLP(hidden=(32,), out=16), ways=2, margin=1.0, pairs=32)
-      >>> task = fj.Task(jnp.ones((4, 8)), jnp.array([0, 0, 1, 1]), jnp.ones((6, 8)), jnp.zeros(6, int))
-      >>> params = learner.init(jax.random.key(0), task)
-      >>> loss, aux = fj.meta_loss(learner, params, task, jax.random.key(1))
+      >>> x = jax.random.normal(jax.random.key(0), (10, 8))
+      >>> task = fj.Task(x[:4], jnp.array([0, 0, 1, 1]), x[4:], jnp.array([0, 1, 0, 1, 0, 1]))
+      >>> params = learner.init(jax.random.key(1), task)
+      >>> learner.predict(params, learner.adapt(params, task, None), task.query_x).shape
+      (6, 2)
+      >>> loss, aux = fj.meta_loss(learner, params, task, jax.random.key(2))
+      >>> sorted(aux), bool(loss > aux["query_loss"])  # loss = query cross-entropy + contrastive loss
+      (['accuracy', 'query_loss'], True)
     """
     check_module("encoder", encoder)
     ways = check_ways(ways)

@@ -189,9 +189,19 @@ def cvae_classifier(
     Example:
       >>> import jax, jax.numpy as jnp, fsl_jax as fj
       >>> learner = fj.cvae_classifier(None, None, latent_dim=8, ways=2)
-      >>> task = fj.Task(jnp.zeros((4, 16)), jnp.array([0, 0, 1, 1]), jnp.ones((6, 16)), jnp.zeros(6, int))
-      >>> params = learner.init(jax.random.key(0), task)
-      >>> loss, aux = fj.meta_loss(learner, params, task, jax.random.key(1))
+      >>> x = jax.random.uniform(jax.random.key(0), (10, 16))  # inputs in [0, 1] (Bernoulli likelihood)
+      >>> task = fj.Task(x[:4], jnp.array([0, 0, 1, 1]), x[4:], jnp.array([0, 1, 0, 1, 0, 1]))
+      >>> params = learner.init(jax.random.key(1), task)
+      >>> list(params)
+      ['encoder', 'decoder']
+      >>> latents = learner.adapt(params, task, jax.random.key(2))
+      >>> latents["mean"].shape, latents["log_var"].shape, latents["eps"].shape  # q(z|c) per class, the noise
+      ((2, 8), (2, 8), (1, 8))
+      >>> learner.predict(params, latents, task.query_x).shape  # log p(x|c) per query and class
+      (6, 2)
+      >>> loss, aux = fj.meta_loss(learner, params, task, jax.random.key(3))
+      >>> sorted(aux), bool(loss > aux["query_loss"])  # loss = query cross-entropy + negative ELBO
+      (['accuracy', 'query_loss'], True)
     """
     if not isinstance(latent_dim, (int, np.integer)) or isinstance(latent_dim, bool) or latent_dim < 1:
         raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
