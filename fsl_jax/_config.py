@@ -16,6 +16,7 @@ import math
 import types
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
 _MAX_DEPTH = 8
@@ -34,10 +35,10 @@ def _array(value: Any) -> dict:
     dtype = str(value.dtype)
     size = int(np.prod(shape)) if shape else 1
     if size <= 16:
-        return {"array": np.asarray(value).tolist(), "dtype": dtype}
+        return {"array": np.asarray(jax.device_get(value)).tolist(), "dtype": dtype}
     flat = value.reshape(-1)
     stride = max(1, size // _FINGERPRINT_VALUES)
-    sample = np.ascontiguousarray(np.asarray(flat[::stride]))
+    sample = np.ascontiguousarray(jax.device_get(flat[::stride]))  # on device: only the sample is transferred
     digest = hashlib.blake2b(sample.tobytes(), digest_size=8).hexdigest()
     return {"shape": list(shape), "dtype": dtype, "fingerprint": digest}
 
@@ -91,9 +92,7 @@ def describe(value: Any, depth: int = 0) -> Any:
         return getattr(value, "__name__", str(value))
     if hasattr(value, "shape") and hasattr(value, "dtype") and not callable(value):
         if str(getattr(value, "dtype", "")).startswith("key<"):  # a typed PRNG key
-            import jax
-
-            return _array(np.asarray(jax.random.key_data(value)))
+            return _array(jax.random.key_data(value))
         return _array(value)
     config = getattr(value, "config", None)
     if isinstance(config, dict):

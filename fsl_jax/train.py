@@ -337,7 +337,7 @@ def meta_train(
 
     if checkpoint_dir is not None and latest_step(checkpoint_dir) is not None:
         state = restore_checkpoint(checkpoint_dir, state, config=config, allow_config_change=allow_config_change)
-        restored = int(state.step)
+        restored = int(jax.device_get(state.step))
         if restored > steps:
             raise ValueError(f"checkpoint_dir {checkpoint_dir!r} holds a run already at step {restored}, past "
                              f"steps={steps}: raise steps to continue it, or use another checkpoint_dir")
@@ -367,7 +367,7 @@ def meta_train(
     # of a host sync per step (cheap next to a step; real accelerators keep asynchronous dispatch).
     sync_each_step = mesh is not None and mesh.size > 1 and all(d.platform == "cpu" for d in mesh.devices.flat)
     history = History([], [])
-    start = int(state.step)
+    start = int(jax.device_get(state.step))
     if start >= steps:
         return state, history
     log = _MetricsLog(log_dir, start)
@@ -383,7 +383,8 @@ def meta_train(
         nonlocal last_save_time, last_saved
         if checkpoint_dir is None or at == last_saved:
             return
-        _raise_if_nonfinite(state, skip_nonfinite, checkpoint_dir, at)  # never checkpoint a NaN state
+        # never checkpoint a NaN state (a save reads the state back anyway)
+        _raise_if_nonfinite(int(jax.device_get(state.first_nonfinite_step)), skip_nonfinite, checkpoint_dir, at)
         save_checkpoint(checkpoint_dir, state, keep=keep, config=config)
         last_save_time, last_saved = time.perf_counter(), at
 
@@ -402,8 +403,10 @@ def meta_train(
                 done = i + 1
                 logging = done % log_every == 0 or done == steps
                 if logging:
-                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                    _raise_if_nonfinite(state, skip_nonfinite, checkpoint_dir, done, values)
+                    # the loop's only device-to-host read: metrics and the NaN flag, in one transfer
+                    fetched, first_bad = jax.device_get((metrics, state.first_nonfinite_step))
+                    values = {k: float(v) for k, v in fetched.items()}
+                    _raise_if_nonfinite(int(first_bad), skip_nonfinite, checkpoint_dir, done, values)
                     history.steps.append(done)
                     history.metrics.append(values)
                     log.write({"step": done, **values})
@@ -442,12 +445,9 @@ def meta_train(
     return state, history
 
 
-def _raise_if_nonfinite(state: TrainState, skip_nonfinite: bool, checkpoint_dir: str | None, done: int,
+def _raise_if_nonfinite(bad: int, skip_nonfinite: bool, checkpoint_dir: str | None, done: int,
                         values: dict | None = None) -> None:
-    if skip_nonfinite:
-        return
-    bad = int(state.first_nonfinite_step)
-    if bad < 0:
+    if skip_nonfinite or bad < 0:
         return
     if values is None:
         term = "loss or gradient"

@@ -205,3 +205,27 @@ def test_time_budget_stops_at_a_logging_point():
     assert int(state.step) == 7 and history.steps == [7]
     with pytest.raises(ValueError, match="max_seconds"):
         fj.meta_train(learner, optimizer, SOURCE, steps=5, meta_batch=2, key=jax.random.key(0), max_seconds=-1)
+
+
+def test_meta_train_reads_the_device_only_at_logging_points(monkeypatch):
+    """No per-step host sync, NaN guard included: implicit device-to-host transfers are forbidden during the whole
+    run, and the explicit reads are two at the start (the run key for its configuration, the step counter) plus one
+    per logging point."""
+    learner, optimizer, state = _setup()
+    reads = []
+    real_get = jax.device_get
+    monkeypatch.setattr(jax, "device_get", lambda x: reads.append(1) or real_get(x))
+
+    def poisoned(key, n):
+        tasks = SOURCE(key, n)
+        return tasks._replace(query_y=tasks.query_y * jnp.nan)
+
+    with jax.transfer_guard_device_to_host("disallow"):
+        trained, history = fj.meta_train(learner, optimizer, SOURCE, steps=30, meta_batch=2, key=jax.random.key(0),
+                                         state=state, log_every=10, progress=False)
+        assert len(reads) == 2 + 3 and history.steps == [10, 20, 30]
+        reads.clear()
+        with pytest.raises(fj.NonFiniteError, match=r"meta-step 0 produced a non-finite loss \(detected at step 10\)"):
+            fj.meta_train(learner, optimizer, poisoned, steps=30, meta_batch=2, key=jax.random.key(0),
+                          state=trained.replace(step=jnp.zeros((), jnp.int32)), log_every=10, progress=False)
+        assert len(reads) == 2 + 1  # found at the first logging point, with no read before it
