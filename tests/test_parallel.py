@@ -24,7 +24,10 @@ SCRIPT = textwrap.dedent(
         s1 = s2 = fj.TrainState.create(learner, params, opt)
         s2 = fj.parallel.replicate(s2, mesh)
         placed = fj.parallel.shard_tasks(tasks, mesh)
-        assert len(placed.support_x.sharding.device_set) == 8
+        n = tasks.support_x.shape[0]
+        shards = placed.support_x.addressable_shards  # split, not replicated: each device holds its own tasks
+        assert len(shards) == 8 and all(sh.data.shape[0] == n // 8 for sh in shards), [sh.data.shape for sh in shards]
+        np.testing.assert_array_equal(np.concatenate([np.asarray(sh.data) for sh in shards]), tasks.support_x)
         for i in range(3):
             s1, m1 = single(s1, tasks, jax.random.key(i))
             s2, m2 = sharded(s2, placed, jax.random.key(i))
@@ -52,6 +55,10 @@ SCRIPT = textwrap.dedent(
     state = fj.TrainState.create(learner, params, opt)
     (sa, ma), (sb, mb) = a(state, jax.random.key(5)), b(fj.parallel.replicate(state, mesh), jax.random.key(5))
     np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5)
+    for x, y in zip(jax.tree_util.tree_leaves(sa.params), jax.tree_util.tree_leaves(sb.params)):  # the update too
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    assert max(float(np.abs(x - y).max()) for x, y in zip(jax.tree_util.tree_leaves(sa.params),
+                                                          jax.tree_util.tree_leaves(state.params))) > 1e-4
 
     try:
         fj.parallel.shard_tasks(fj.data.sinusoid_tasks(jax.random.key(1), 12, 5, 5), mesh)
@@ -71,6 +78,11 @@ SCRIPT = textwrap.dedent(
     trained, history = fj.meta_train(learner, opt, src, mesh=mesh, steps=300, meta_batch=16, key=jax.random.key(6),
                                      log_every=150, progress=False)
     assert int(trained.step) == 300 and history.steps == [150, 300], history.steps
+    single, single_history = fj.meta_train(learner, opt, src, steps=300, meta_batch=16, key=jax.random.key(6),
+                                           log_every=150, progress=False)
+    np.testing.assert_allclose(history.series("loss"), single_history.series("loss"), rtol=1e-4)
+    for x, y in zip(jax.tree_util.tree_leaves(trained.params), jax.tree_util.tree_leaves(single.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
     print("ALL OK")
     """
 )
