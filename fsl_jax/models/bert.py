@@ -12,17 +12,19 @@ Dense kernels are ``[in, out]`` (Flax's layout; Hugging Face's PyTorch ``Linear`
 
 Example:
     >>> import jax, jax.numpy as jnp
-    >>> config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-    ...                     intermediate_size=64, max_position_embeddings=16)
+    >>> config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+    ...                     intermediate_size=32, max_position_embeddings=8)
     >>> model = Bert(config)
     >>> ids = jnp.array([[1, 5, 7, 0], [1, 9, 0, 0]])
     >>> mask = (ids != 0).astype(jnp.int32)
     >>> params = model.init(jax.random.key(0), ids, mask)
+    >>> sorted(params["params"]), params["params"]["layer_0"]["intermediate"]["kernel"].shape
+    (['embeddings', 'layer_0', 'layer_1', 'pooler'], (16, 32))
     >>> out = model.apply(params, ids, mask)
     >>> out.last_hidden_state.shape, out.pooler_output.shape, len(out.hidden_states)
-    ((2, 4, 32), (2, 32), 3)
+    ((2, 4, 16), (2, 16), 3)
     >>> sentence_embedding(model, params, ids, mask).shape
-    (2, 32)
+    (2, 16)
 """
 
 from __future__ import annotations
@@ -257,6 +259,8 @@ class Bert(nn.Module):
         >>> out = model.apply(params, ids, deterministic=False, rngs={"dropout": jax.random.key(1)})
         >>> out.last_hidden_state.shape, out.pooler_output is None
         ((2, 5, 16), True)
+        >>> bool(jnp.allclose(out.last_hidden_state, model.apply(params, ids).last_hidden_state))  # dropout was on
+        False
     """
 
     config: BertConfig
@@ -323,9 +327,14 @@ def sentence_embedding(module: Bert, params: Any, input_ids: Array, attention_ma
     tokens, then L2-normalise. Returns float32 ``[batch, hidden]``.
 
     Example:
-        >>> module, params, tokenizer = fsl_jax.models.from_pretrained("all-MiniLM-L6-v2")  # doctest: +SKIP
-        >>> batch = tokenizer(["a cat", "a dog"], padding=True, return_tensors="np")  # doctest: +SKIP
-        >>> emb = sentence_embedding(module, params, batch["input_ids"], batch["attention_mask"])  # doctest: +SKIP
+        >>> import numpy as np, fsl_jax as fj
+        >>> module, params, tokenizer = fj.models.from_pretrained("all-MiniLM-L6-v2")
+        >>> batch = tokenizer(["a cat", "a kitten", "stock prices fell"], padding=True, return_tensors="np")
+        >>> emb = sentence_embedding(module, params, batch["input_ids"], batch["attention_mask"])
+        >>> emb.shape, np.linalg.norm(emb, axis=1).round(4).tolist()
+        ((3, 384), [1.0, 1.0, 1.0])
+        >>> [round(float(s), 2) for s in emb @ emb[0]]  # cosine similarities to "a cat"
+        [1.0, 0.77, 0.08]
     """
     out = module.apply(params, input_ids, attention_mask, token_type_ids)
     return l2_normalize(mean_pool(out.last_hidden_state, attention_mask))

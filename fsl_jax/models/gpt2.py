@@ -15,15 +15,19 @@ so left-padded prompts give the same logits at real tokens as unpadded ones.
 
 Example:
     >>> import jax, jax.numpy as jnp
-    >>> config = GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=4)
+    >>> config = GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2)
     >>> model = GPT2(config)
     >>> ids = jnp.array([[0, 0, 5, 7], [3, 4, 5, 6]])
-    >>> mask = jnp.array([[0, 0, 1, 1], [1, 1, 1, 1]])
+    >>> mask = jnp.array([[0, 0, 1, 1], [1, 1, 1, 1]])  # the first prompt is left-padded
     >>> params = model.init(jax.random.key(0), ids, mask)
-    >>> model.apply(params, ids, mask).logits.shape
-    (2, 4, 100)
-    >>> generate(model, params, ids, mask, max_new_tokens=3).shape
-    (2, 7)
+    >>> sorted(params["params"]), params["params"]["h_0"]["attn"]["c_attn"]["kernel"].shape
+    (['h_0', 'h_1', 'ln_f', 'wpe', 'wte'], (16, 48))
+    >>> out = model.apply(params, ids, mask)
+    >>> out.logits.shape, len(out.hidden_states)  # the embeddings and the output of each block
+    ((2, 4, 50), 3)
+    >>> unpadded = model.apply(params, ids[:1, 2:]).logits  # the same prompt without its padding
+    >>> bool(jnp.allclose(out.logits[0, 2:], unpadded[0], atol=1e-5))
+    True
 """
 
 from __future__ import annotations
@@ -354,13 +358,13 @@ def generate(module: GPT2, params: Any, input_ids: Array, attention_mask: Array 
       ``[batch, prompt_len + max_new_tokens]`` int32: the prompts followed by the new tokens.
 
     Example:
-        >>> model = GPT2(GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+        >>> model = GPT2(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2))
         >>> ids = jnp.array([[0, 3, 4], [5, 6, 7]])
         >>> params = model.init(jax.random.key(0), ids)
         >>> out = generate(model, params, ids, jnp.array([[0, 1, 1], [1, 1, 1]]), 4,
         ...                key=jax.random.key(1), temperature=0.8, top_k=5)
-        >>> out.shape
-        (2, 7)
+        >>> out.shape, out.dtype, bool(jnp.all(out[:, :3] == ids))  # the prompts, then 4 sampled tokens each
+        ((2, 7), dtype('int32'), True)
     """
     input_ids = jnp.asarray(input_ids)
     if input_ids.ndim != 2:

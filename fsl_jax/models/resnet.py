@@ -60,10 +60,16 @@ class ResNet12(nn.Module):
 
     Example:
       >>> import jax, jax.numpy as jnp, fsl_jax as fj
-      >>> model = fj.models.ResNet12(channels=(8, 16, 32, 64))
+      >>> model = fj.models.ResNet12()  # channels (64, 160, 320, 640)
       >>> x = jnp.zeros((2, 84, 84, 3))
-      >>> model.apply(model.init(jax.random.key(0), x), x).shape
-      (2, 64)
+      >>> out, variables = jax.eval_shape(model.init_with_output, jax.random.key(0), x)  # shapes only: no compute
+      >>> out.shape, list(variables["params"])
+      ((2, 640), ['block0', 'block1', 'block2', 'block3'])
+      >>> sum(v.size for v in jax.tree_util.tree_leaves(variables))  # the usual 12.4M parameters
+      12424320
+      >>> head = fj.models.ResNet12(num_classes=5)  # logits from a linear "head", e.g. for fj.anil
+      >>> jax.eval_shape(head.init_with_output, jax.random.key(0), jnp.zeros((2, 28, 28, 1)))[0].shape
+      (2, 5)
     """
 
     num_classes: int | None = None
