@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow doctest bench docs clean
+.PHONY: install demo test test-slow doctest mutants bench docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test-slow: $(STAMP)
 # Every docstring example (the API reference's) runs and prints what it shows.
 doctest: $(STAMP)
 	$(PY) -m pytest -q --doctest-modules fsl_jax -p no:cacheprovider --durations=5
+
+# Mutation probe: each core guarantee broken on purpose in a copy of the tree; the tests that claim it must fail.
+# Not part of `make test` (about 25 min on 2 cores); `python tests/mutation_probe.py --list` shows the mutants.
+mutants: $(STAMP)
+	$(PY) tests/mutation_probe.py --jobs 2
 
 # Quick benchmarks (about 25 min on 2 CPU cores): the PyTorch peers live in their own .venv-bench, never in .venv.
 bench: $(STAMP)
