@@ -439,6 +439,8 @@ def glyphs(
       >>> ds = glyphs("test", size=28, per_class=20, max_classes=5)
       >>> ds.data.shape, ds.data.dtype, ds.split
       ((5, 20, 28, 28, 1), dtype('uint8'), 'test')
+      >>> ds.names[0]
+      'U+00A1 INVERTED EXCLAMATION MARK'
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")

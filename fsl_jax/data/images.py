@@ -135,11 +135,23 @@ def omniglot(root: str | os.PathLike[str], split: str = "background", size: int 
       ValueError: when the folder holds no alphabets, a character folder holds no images, or an image is corrupt
         (the message names the file).
 
-    Example:
+    On the official release, ``omniglot("~/data/omniglot")`` has ``data`` of shape ``(964, 20, 28, 28, 1)``.
+
+    Example (a tiny copy of the layout: two alphabets, three characters of two blank drawings each):
+      >>> import pathlib, tempfile
+      >>> from PIL import Image
       >>> from fsl_jax.data.images import omniglot
-      >>> ds = omniglot("~/data/omniglot", split="background", size=28)  # doctest: +SKIP
-      >>> ds.data.shape  # doctest: +SKIP
-      (964, 20, 28, 28, 1)
+      >>> with tempfile.TemporaryDirectory() as root:
+      ...     for character in ["Greek/character01", "Greek/character02", "Latin/character01"]:
+      ...         folder = pathlib.Path(root, "images_background", character)
+      ...         folder.mkdir(parents=True)
+      ...         for i in range(2):
+      ...             Image.new("L", (105, 105), color=255).save(folder / f"{i}.png")  # white paper, no ink
+      ...     ds = omniglot(root, split="background", size=28)
+      >>> ds.data.shape, ds.names
+      ((3, 2, 28, 28, 1), ('Greek/character01', 'Greek/character02', 'Latin/character01'))
+      >>> int(ds.data.max())  # inverted: the white paper is 0
+      0
     """
     split = _check_split(split, _OMNIGLOT_SPLITS)
     size = _check_size(size)
@@ -249,11 +261,19 @@ def mini_imagenet(root: str | os.PathLike[str], split: str = "train", size: int 
       FileNotFoundError: when ``root`` does not exist, neither layout is found, or a listed image is missing.
       ValueError: when the CSV header or pickle contents are malformed, or an image is corrupt (naming the file).
 
-    Example:
+    On the published data, ``mini_imagenet("~/data/mini-imagenet", split="test")`` has ``data`` of shape
+    ``(20, 600, 84, 84, 3)``.
+
+    Example (a tiny pickle cache: two classes of three images):
+      >>> import pathlib, pickle, tempfile, numpy as np
       >>> from fsl_jax.data.images import mini_imagenet
-      >>> ds = mini_imagenet("~/data/mini-imagenet", split="test")  # doctest: +SKIP
-      >>> ds.data.shape  # doctest: +SKIP
-      (20, 600, 84, 84, 3)
+      >>> cache = {"image_data": np.zeros((6, 84, 84, 3), np.uint8),
+      ...          "class_dict": {"n02": [3, 4, 5], "n01": [0, 1, 2]}}
+      >>> with tempfile.TemporaryDirectory() as root:
+      ...     _ = pathlib.Path(root, "mini-imagenet-cache-test.pkl").write_bytes(pickle.dumps(cache))
+      ...     ds = mini_imagenet(root, split="test", size=32)  # resized from 84 x 84
+      >>> ds.data.shape, ds.data.dtype, ds.names  # classes sorted by label
+      ((2, 3, 32, 32, 3), dtype('uint8'), ('n01', 'n02'))
     """
     split = _check_split(split, _MINI_IMAGENET_SPLITS)
     size = _check_size(size)
