@@ -13,14 +13,13 @@ text models of :mod:`fsl_jax.llm.text_models` derive the mask as ``ids != pad_to
 ``[PAD]`` inside a text). :class:`TokenizedClasses` still carries the explicit masks for other consumers.
 
 Example:
-    >>> import numpy as np, fsl_jax as fj
     >>> from fsl_jax.data.text import bbc_news, few_shot_split
-    >>> ds = bbc_news()                                                     # doctest: +SKIP
-    >>> len(ds), ds.label_names                                             # doctest: +SKIP
+    >>> ds = bbc_news()
+    >>> len(ds), ds.label_names
     (2225, ('business', 'entertainment', 'politics', 'sports', 'tech'))
-    >>> sx, sy, tx, ty = few_shot_split(ds, shots=8, seed=0, test_per_class=100)  # doctest: +SKIP
-    >>> len(sx), len(tx)                                                    # doctest: +SKIP
-    (40, 500)
+    >>> sx, sy, tx, ty = few_shot_split(ds, shots=8, seed=0, test_per_class=100)
+    >>> len(sx), len(tx), sy[:2], sy[8]  # 8 per class, grouped by class
+    (40, 500, ['business', 'business'], 'entertainment')
 """
 
 from __future__ import annotations
@@ -164,8 +163,8 @@ def bbc_news() -> TextDataset:
         folder is missing.
 
     Example:
-        >>> ds = bbc_news()                       # doctest: +SKIP
-        >>> len(ds), ds.class_counts()["sports"]   # doctest: +SKIP
+        >>> ds = bbc_news()
+        >>> len(ds), ds.class_counts()["sports"]
         (2225, 511)
     """
     global _BBC_CACHE
@@ -243,9 +242,10 @@ def load_text_file(path: str | os.PathLike, text_column: str = "text", label_col
 
     Example:
         >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "reviews.csv"
-        >>> _ = p.write_text("text,label\\ngood film,pos\\nawful,neg\\n")
-        >>> ds = load_text_file(p)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     p = pathlib.Path(tmp, "reviews.csv")
+        ...     _ = p.write_text("text,label\\ngood film,pos\\nawful,neg\\n")
+        ...     ds = load_text_file(p)
         >>> ds.texts, ds.labels
         (['good film', 'awful'], ['pos', 'neg'])
     """
@@ -362,10 +362,10 @@ def tokenize(texts: Sequence[str], tokenizer: Any, max_length: int) -> tuple[np.
 
     Example:
         >>> from fsl_jax.models import from_pretrained
-        >>> _, _, tok = from_pretrained("all-MiniLM-L6-v2")   # doctest: +SKIP
-        >>> ids, mask = tokenize(["a cat"], tok, 8)           # doctest: +SKIP
-        >>> ids.shape, mask.tolist()                          # doctest: +SKIP
-        ((1, 8), [[1, 1, 1, 1, 0, 0, 0, 0]])
+        >>> _, _, tok = from_pretrained("all-MiniLM-L6-v2")
+        >>> ids, mask = tokenize(["a cat"], tok, 8)
+        >>> ids.tolist(), mask.tolist()  # [CLS] a cat [SEP], then padding (id 0)
+        ([[101, 1037, 4937, 102, 0, 0, 0, 0]], [[1, 1, 1, 1, 0, 0, 0, 0]])
     """
     max_length = _check_int("max_length", max_length, 2)
     if isinstance(texts, str):
@@ -449,10 +449,18 @@ def tokenize_classes(
       ``fj.data.HostSampler(tc.ids, ways, shots, queries, dtype=np.int32)`` samples text episodes.
 
     Example:
-        >>> module, params, tok = fj.models.from_pretrained("all-MiniLM-L6-v2")   # doctest: +SKIP
-        >>> tc = tokenize_classes(bbc_news(), tok, 128, cache_dir=".cache")        # doctest: +SKIP
-        >>> [a.shape for a in tc.ids][:2]                                           # doctest: +SKIP
-        [(510, 128), (386, 128)]
+        >>> import os, tempfile, fsl_jax as fj
+        >>> module, params, tok = fj.models.from_pretrained("all-MiniLM-L6-v2")
+        >>> with tempfile.TemporaryDirectory() as cache:
+        ...     tc = tokenize_classes(bbc_news(), tok, 128, cache_dir=cache)
+        ...     files = os.listdir(cache)
+        >>> [a.shape for a in tc.ids][:2], tc.label_names[:2]
+        ([(510, 128), (386, 128)], ('business', 'entertainment'))
+        >>> len(files), files[0].startswith("tokens-")
+        (1, True)
+        >>> episodes = tc.sampler(ways=5, shots=2, queries=3, seed=0).sample(4)
+        >>> episodes.support_x.shape, episodes.query_x.shape, episodes.support_x.dtype
+        ((4, 10, 128), (4, 15, 128), dtype('int32'))
     """
     if not isinstance(dataset, TextDataset):
         raise TypeError(f"dataset must be a TextDataset, got {type(dataset).__name__}")
