@@ -63,8 +63,10 @@ def image_learner(
     Example:
       >>> from fsl_jax.recipes import image_learner
       >>> recipe = image_learner("protonet", ways=5)
-      >>> recipe.learner.name
-      'protonet'
+      >>> recipe.learner.name, recipe.trainable
+      ('protonet', True)
+      >>> image_learner("pixel_nn", ways=5).trainable  # the nearest-neighbour baseline has nothing to train
+      False
     """
     if name not in IMAGE_LEARNERS:
         raise ValueError(f"learner must be one of {IMAGE_LEARNERS}, got {name!r}")
