@@ -27,10 +27,12 @@ query and scores the label words. With a local GPT-2 folder::
 
 Example:
     >>> import jax
-    >>> result = meta_train_icl(jax.random.key(0), steps=20, n_embd=32, n_layer=1, n_head=2, meta_batch=8,
-    ...                         progress=False)
-    >>> acc = result.icl_accuracy(result.params, ways=5, shots=3, episodes=20, key=jax.random.key(1))
-    >>> 0.0 <= acc <= 1.0
+    >>> result = meta_train_icl(jax.random.key(0), steps=5, n_embd=16, n_layer=1, n_head=2, meta_batch=4,
+    ...                         log_every=5, progress=False)  # a real run: n_embd=128, n_layer=4, steps=2000
+    >>> result.steps, result.episode_kwargs["max_shots"]
+    (5, 5)
+    >>> acc = result.icl_accuracy(result.params, ways=5, shots=3, episodes=10, key=jax.random.key(1))
+    >>> 0.0 <= acc <= 1.0  # near chance (0.2) after 5 steps
     True
 """
 
@@ -122,9 +124,13 @@ def icl_learner(model: ICLTransformer) -> Learner:
 
     Example:
         >>> learner = icl_learner(ICLTransformer(num_labels=5, n_embd=16, n_layer=1, n_head=2))
-        >>> task = jax.tree_util.tree_map(lambda a: a[0], gaussian_episodes(jax.random.key(0), 1))
+        >>> tasks = gaussian_episodes(jax.random.key(0), 4, shots=2, max_shots=5)
+        >>> task = jax.tree_util.tree_map(lambda a: a[0], tasks)  # the first episode
         >>> params = learner.init(jax.random.key(1), task)
-        >>> learner.predict(params, learner.adapt(params, task, None), task.query_x).shape
+        >>> support_x, support_y, mask = learner.adapt(params, task, None)  # adapting is packing the context
+        >>> support_x.shape, int(mask.sum())  # 5 slots per class, 2 of them real
+        ((25, 16), 10)
+        >>> learner.predict(params, (support_x, support_y, mask), task.query_x).shape
         (15, 5)
     """
 
@@ -169,6 +175,8 @@ def gaussian_episodes(key: Array, num_tasks: int, *, ways: int = 5, shots: int =
         >>> tasks = gaussian_episodes(jax.random.key(0), 4, shots=2, max_shots=5)
         >>> tasks.support_x.shape, tasks.query_x.shape, int(tasks.support_mask[0].sum())
         ((4, 25, 16), (4, 15, 16), 10)
+        >>> sorted(set(tasks.support_y[0].tolist())), tasks.support_mask[0, :5].tolist()  # class-major slots
+        ([0, 1, 2, 3, 4], [1.0, 1.0, 0.0, 0.0, 0.0])
     """
     max_shots = shots if max_shots is None else max_shots
     if not 1 <= shots <= max_shots:
