@@ -18,8 +18,11 @@ Example:
     >>> ids = jnp.array([[2, 7, 9, 3, 0, 0], [2, 5, 3, 0, 0, 0]], jnp.int32)
     >>> enc = BertEncoder(cfg)
     >>> variables = enc.init(jax.random.key(0), ids)
-    >>> enc.apply(variables, ids).shape
+    >>> emb = enc.apply(variables, ids)
+    >>> emb.shape
     (2, 16)
+    >>> bool(jnp.allclose(emb[0], enc.apply(variables, ids[:1, :4])[0], atol=1e-5))  # padding (id 0) is masked
+    True
     >>> clf = BertClassifier(cfg, num_classes=3)
     >>> sorted(clf.init(jax.random.key(0), ids)["params"])
     ['bert', 'head']
@@ -77,7 +80,14 @@ class BertEncoder(nn.Module):
     ``[..., hidden]`` (pass ``deterministic=False`` and a ``"dropout"`` rng to train with dropout).
 
     Example:
-        >>> enc, variables, tok = load_backbone("all-MiniLM-L6-v2").encoder()   # doctest: +SKIP
+        >>> import numpy as np
+        >>> enc, variables, tok = load_backbone("all-MiniLM-L6-v2").encoder()
+        >>> ids = tok(["a cat", "a kitten"], padding="max_length", max_length=8, return_tensors="np")["input_ids"]
+        >>> emb = enc.apply(variables, ids)
+        >>> emb.shape, np.linalg.norm(emb, axis=-1).round(4).tolist()
+        ((2, 384), [1.0, 1.0])
+        >>> round(float(emb[0] @ emb[1]), 2)  # cosine similarity; padding does not change it
+        0.77
     """
 
     config: BertConfig
@@ -110,7 +120,12 @@ class BertClassifier(nn.Module):
       dtype, param_dtype: as in :class:`BertEncoder`.
 
     Example:
-        >>> clf, variables, tok = load_backbone("all-MiniLM-L6-v2").classifier(5)   # doctest: +SKIP
+        >>> clf, variables, tok = load_backbone("all-MiniLM-L6-v2").classifier(5, head_init="zeros")
+        >>> sorted(variables["params"]), variables["params"]["head"]["kernel"].shape
+        (['bert', 'head'], (384, 5))
+        >>> ids = tok(["a late goal"], padding="max_length", max_length=8, return_tensors="np")["input_ids"]
+        >>> clf.apply(variables, ids).tolist()  # a zero head prefers no class before training
+        [[0.0, 0.0, 0.0, 0.0, 0.0]]
     """
 
     config: BertConfig
@@ -210,9 +225,13 @@ def load_backbone(backbone: str | os.PathLike = "all-MiniLM-L6-v2", dtype: Any =
       ValueError: the folder holds a non-BERT model.
 
     Example:
-        >>> bb = load_backbone("all-MiniLM-L6-v2")          # doctest: +SKIP
-        >>> enc, variables, tok = bb.encoder()              # doctest: +SKIP
-        >>> clf, clf_vars, _ = bb.classifier(num_classes=5)  # doctest: +SKIP
+        >>> bb = load_backbone("all-MiniLM-L6-v2")
+        >>> bb.config.hidden_size, bb.pad_token_id, load_backbone("all-MiniLM-L6-v2") is bb  # cached
+        (384, 0, True)
+        >>> enc, variables, tok = bb.encoder()
+        >>> clf, clf_vars, _ = bb.classifier(num_classes=5)
+        >>> clf_vars["params"]["bert"] is bb.params, clf_vars["params"]["head"]["bias"].shape  # shared weights
+        (True, (5,))
     """
     from fsl_jax.models.hub import resolve_model_folder
 
