@@ -36,11 +36,14 @@ of the *pretrained* encoder are cached per text in memory (``cache_embeddings``)
 ``protonet`` cheap to refit on new draws.
 
 Example:
-    >>> clf = FewShotTextClassifier(method="head")                                   # doctest: +SKIP
+    >>> clf = FewShotTextClassifier(method="head")
     >>> clf.fit(["great match", "stocks fell", "a late goal", "bank profits"],
-    ...         ["sport", "business", "sport", "business"])                          # doctest: +SKIP
-    >>> clf.predict(["the striker scored twice"])                                    # doctest: +SKIP
-    array(['sport'], dtype=object)
+    ...         ["sport", "business", "sport", "business"])
+    FewShotTextClassifier(method='head')
+    >>> clf.predict(["the striker scored twice", "shares slid"])
+    array(['sport', 'business'], dtype=object)
+    >>> clf.classes_, clf.predict_proba(["the striker scored twice"]).round(2)
+    (('business', 'sport'), array([[0.07, 0.93]], dtype=float32))
 """
 
 from __future__ import annotations
@@ -392,10 +395,22 @@ class FewShotTextClassifier:
       FileNotFoundError: ``backbone`` is neither a folder nor a bundled model.
 
     Example:
-        >>> clf = FewShotTextClassifier(method="setfit", steps=20, seed=0)             # doctest: +SKIP
-        >>> clf.fit(texts, labels).score(test_texts, test_labels)                      # doctest: +SKIP
-        0.93
-        >>> clf.save("clf"); FewShotTextClassifier.load("clf").predict(test_texts[:2])   # doctest: +SKIP
+        >>> import tempfile
+        >>> texts = ["a late goal won the match", "the striker scored twice", "the team lost the final",
+        ...          "stocks fell sharply", "the bank raised rates", "profits rose this quarter"]
+        >>> labels = ["sport"] * 3 + ["business"] * 3
+        >>> clf = FewShotTextClassifier(method="protonet", max_length=16, seed=0).fit(texts, labels)
+        >>> clf.score(["the goalkeeper saved a penalty", "the market rallied"], ["sport", "business"])
+        1.0
+        >>> clf.fit_info_["support_size"], clf.fit_info_["meta_train_steps"]
+        (6, 0)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = clf.save(folder)
+        ...     FewShotTextClassifier.load(folder).predict(["a late goal"])
+        array(['sport'], dtype=object)
+
+        ``method="setfit"`` (e.g. ``steps=40``), ``"finetune"`` and ``"anil"`` take the same calls; they compile a
+        training step of the whole backbone first, which takes tens of seconds on a CPU.
     """
 
     def __init__(
