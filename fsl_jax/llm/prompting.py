@@ -23,16 +23,31 @@ maps each label to one or more label words (``{"pos": ["great", "good"], "neg": 
   leave-one-out accuracy on the support set (each support text classified with demonstrations from the others).
 * :func:`generate_text`: greedy / temperature / top-k generation with stop tokens and stop strings.
 
-The same classifier runs a real GPT-2 folder (``fj.models.from_pretrained(folder)``) or a small random model.
+The same classifier runs a real GPT-2 folder (``lm, params, tok = fj.models.from_pretrained(folder)``) or a small
+random model, as in the examples here (a tiny random GPT-2 over the vocabulary of the bundled all-MiniLM-L6-v2
+tokenizer: the calls are those of a real model, the predictions are arbitrary).
 
 Example:
-    >>> import fsl_jax as fj                                                            # doctest: +SKIP
-    >>> lm, params, tok = fj.models.from_pretrained("path/to/gpt2")                     # doctest: +SKIP
+    >>> import jax, jax.numpy as jnp, fsl_jax as fj
+    >>> _, _, tok = fj.models.from_pretrained("all-MiniLM-L6-v2")  # a tokenizer that needs no download
+    >>> config = fj.models.GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=16, n_layer=1, n_head=2)
+    >>> lm = fj.models.GPT2(config)
+    >>> params = lm.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))  # random weights: arbitrary predictions
     >>> clf = PromptClassifier(lm, params, tok, "Review: {text}\\nSentiment: {label}",
-    ...                        {"pos": ["positive"], "neg": ["negative"]}, demonstrations=4,
-    ...                        selection="balanced", calibrate=True)                    # doctest: +SKIP
-    >>> clf.fit(support_texts, support_labels).predict(["a wonderful film"])           # doctest: +SKIP
-    ['pos']
+    ...                        {"pos": ["positive"], "neg": ["negative"]}, demonstrations=2,
+    ...                        selection="balanced", calibrate=True)
+    >>> clf = clf.fit(["a great film", "a dull plot", "superb acting", "awful pacing"], ["pos", "neg", "pos", "neg"])
+    >>> print(clf.prompts(["a wonderful film"])[0][0])  # one demonstration per class, then the query
+    Review: a dull plot
+    Sentiment: negative
+    <BLANKLINE>
+    Review: a great film
+    Sentiment: positive
+    <BLANKLINE>
+    Review: a wonderful film
+    Sentiment:
+    >>> clf.predict_proba(["a wonderful film", "a boring film"]).shape, clf.classes_
+    ((2, 2), ('pos', 'neg'))
 """
 
 from __future__ import annotations
@@ -339,8 +354,10 @@ def truncate_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int | None)
     """Cuts each text after its first ``max_tokens`` tokens (at the token's character offset; ``None``: unchanged).
 
     Example:
-        >>> truncate_texts(tok, ["one two three"], 2)                                    # doctest: +SKIP
-        ['one two']
+        >>> import fsl_jax as fj
+        >>> _, _, tok = fj.models.from_pretrained("all-MiniLM-L6-v2")
+        >>> truncate_texts(tok, ["one two three", "four"], 2)
+        ['one two', 'four']
     """
     texts = list(texts)
     if max_tokens is None or not texts:
@@ -428,10 +445,20 @@ class PromptClassifier:
       ValueError: a bad option, a template without ``{text}``, a label word that is not in the vocabulary.
 
     Example:
+        >>> import jax, jax.numpy as jnp, fsl_jax as fj
+        >>> _, _, tok = fj.models.from_pretrained("all-MiniLM-L6-v2")  # a tokenizer that needs no download
+        >>> config = fj.models.GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=16, n_layer=1, n_head=2)
+        >>> lm = fj.models.GPT2(config)
+        >>> params = lm.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))  # random weights: arbitrary predictions
         >>> clf = PromptClassifier(lm, params, tok, "{text} It was {label}.",
-        ...                        {"pos": "great", "neg": "terrible"}, calibrate=True)     # doctest: +SKIP
-        >>> clf.predict(["I loved it"])  # zero-shot: no fit needed                       # doctest: +SKIP
-        ['pos']
+        ...                        {"pos": "great", "neg": "terrible"}, calibrate=True)
+        >>> clf.prompts(["I loved it"])  # zero-shot: no fit needed; each label word is scored after this prompt
+        [['I loved it It was']]
+        >>> probs = clf.predict_proba(["I loved it", "I hated it"])
+        >>> probs.shape, probs.sum(axis=1).round(4).tolist()
+        ((2, 2), [1.0, 1.0])
+        >>> clf.predict(["I loved it"])[0] in clf.classes_
+        True
     """
 
     def __init__(
@@ -681,10 +708,21 @@ class PromptClassifier:
         ``demonstrations=0``). Ties keep the earlier candidate.
 
         Example:
+            >>> import jax, jax.numpy as jnp, fsl_jax as fj
+            >>> _, _, tok = fj.models.from_pretrained("all-MiniLM-L6-v2")  # a tokenizer that needs no download
+            >>> config = fj.models.GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=16, n_layer=1, n_head=2)
+            >>> lm = fj.models.GPT2(config)
+            >>> params = lm.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))  # random weights
+            >>> clf = PromptClassifier(lm, params, tok, "{text} Topic: {label}", {"a": "sport", "b": "money"})
+            >>> texts = ["a late goal", "the match was won", "shares fell", "rates rose"]
+            >>> labels = ["a", "a", "b", "b"]
             >>> result = clf.search_prompts(["{text} Topic: {label}", "{text}\\nThis is about {label}"],
             ...                             [{"a": "sport", "b": "money"}, {"a": "game", "b": "market"}],
-            ...                             support_texts, support_labels)              # doctest: +SKIP
-            >>> result.accuracy, clf.template                                           # doctest: +SKIP
+            ...                             texts, labels)
+            >>> len(result.table), 0.0 <= result.accuracy <= 1.0  # 2 templates x 2 verbalisers tried
+            (4, True)
+            >>> clf.template == result.template, clf.verbalizer == result.verbalizer  # the best pair is kept
+            (True, True)
         """
         texts = self._check_texts(texts)
         labels = list(labels)
@@ -716,9 +754,10 @@ def sentence_embed_fn(path_or_name: str = "all-MiniLM-L6-v2", max_length: int = 
     all-MiniLM-L6-v2) through :func:`fsl_jax.models.sentence_embedding`, ``batch_size`` texts per compiled call.
 
     Example:
-        >>> embed = sentence_embed_fn()                                                  # doctest: +SKIP
-        >>> embed(["a cat", "a dog"]).shape                                              # doctest: +SKIP
-        (2, 384)
+        >>> embed = sentence_embed_fn(max_length=16, batch_size=4)
+        >>> emb = embed(["a cat", "a kitten", "stock prices fell"])
+        >>> emb.shape, [round(float(s), 2) for s in emb @ emb[0]]  # unit vectors: cosine similarities to "a cat"
+        ((3, 384), [1.0, 0.77, 0.08])
     """
     from fsl_jax.models.bert import sentence_embedding
     from fsl_jax.models.hub import from_pretrained
@@ -775,8 +814,14 @@ def generate_text(
       The generated continuation of each prompt.
 
     Example:
-        >>> generate_text(lm, params, tok, ["Q: 2+2?\\nA:"], 5, stop=["\\n"])              # doctest: +SKIP
-        [' 4']
+        >>> import jax, jax.numpy as jnp, fsl_jax as fj
+        >>> _, _, tok = fj.models.from_pretrained("all-MiniLM-L6-v2")  # a tokenizer that needs no download
+        >>> config = fj.models.GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=16, n_layer=1, n_head=2)
+        >>> lm = fj.models.GPT2(config)
+        >>> params = lm.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))  # random weights: arbitrary predictions
+        >>> out = generate_text(lm, params, tok, ["Q: 2+2?\\nA:", "The capital of France is"], 5, stop=["."])
+        >>> len(out), all(isinstance(text, str) and "." not in text for text in out)  # cut before a stop string
+        (2, True)
     """
     from fsl_jax.models.gpt2 import generate
 
