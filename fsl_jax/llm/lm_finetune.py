@@ -14,11 +14,23 @@ transformer blocks and the final LayerNorm (and the head); the other parameters 
 ``optax.set_to_zero`` through ``optax.multi_transform``, so they neither move nor hold optimiser state. Dropout is
 off during fine-tuning (few-shot runs are short; the step stays deterministic).
 
-Example:
-    >>> clf = LMFinetuneClassifier(lm, params, tok, "{text} Sentiment: {label}",
-    ...                            {"pos": "good", "neg": "bad"}, steps=50, train_last_n_blocks=2)  # doctest: +SKIP
-    >>> clf.fit(texts, labels).predict(["great film"])                                              # doctest: +SKIP
-    ['pos']
+Example (``lm, params, tok = fj.models.from_pretrained(gpt2_folder)`` for a real model; here a tiny random GPT-2
+over the vocabulary of the bundled all-MiniLM-L6-v2 tokenizer):
+    >>> import jax, jax.numpy as jnp, fsl_jax as fj
+    >>> _, _, tok = fj.models.from_pretrained("all-MiniLM-L6-v2")
+    >>> lm = fj.models.GPT2(fj.models.GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=16, n_layer=2, n_head=2))
+    >>> params = lm.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
+    >>> texts, labels = ["a great film", "a dull plot", "superb acting", "awful pacing"], ["pos", "neg", "pos", "neg"]
+    >>> clf = LMFinetuneClassifier(lm, params, tok, "{text} Sentiment: {label}", {"pos": "good", "neg": "bad"},
+    ...                            steps=20, learning_rate=1e-2, train_last_n_blocks=1)
+    >>> clf = clf.fit(texts, labels)
+    >>> len(clf.history_["loss"]), clf.history_["loss"][-1] < clf.history_["loss"][0]
+    (20, True)
+    >>> clf.predict(texts)  # the support set is learnt
+    ['pos', 'neg', 'pos', 'neg']
+    >>> frozen = params["params"]["h_0"]["mlp"]["c_fc"]["kernel"]  # block 0 is not among the last 1
+    >>> bool(jnp.all(clf.lm_params_["params"]["h_0"]["mlp"]["c_fc"]["kernel"] == frozen))
+    True
 """
 
 from __future__ import annotations
