@@ -96,6 +96,149 @@ def test_meta_sgd_learning_rates_get_the_closed_form_gradient():
         np.testing.assert_allclose(ravel_pytree(grads["inner_lr"])[0], expected, rtol=1e-6, atol=1e-12)
 
 
+def _mse(predictions, targets):
+    return jnp.mean((predictions - targets) ** 2)
+
+
+def _unrolled_query_loss(model, task, params, lrs, steps, adapted=None, first_order=False):
+    """The query loss after ``steps`` SGD steps on the support loss, as a plain Python loop (no scan, nothing from
+    fsl_jax): only the top-level subtrees named in ``adapted`` move (all of them when ``None``); ``lrs`` is a scalar
+    or a tree of per-parameter learning rates shaped like ``params``."""
+    names = list(params) if adapted is None else list(adapted)
+    fixed = {k: v for k, v in params.items() if k not in names}
+    fast = {k: params[k] for k in names}
+
+    def support_loss(f):
+        return _mse(model.apply({"params": {**fixed, **f}}, task.support_x), task.support_y)
+
+    for _ in range(steps):
+        grads = jax.grad(support_loss)(fast)
+        if first_order:
+            grads = jax.lax.stop_gradient(grads)
+        if isinstance(lrs, float):
+            fast = jax.tree_util.tree_map(lambda p, g: p - lrs * g, fast, grads)
+        else:
+            fast = jax.tree_util.tree_map(lambda p, g, lr: p - lr * g, fast, grads, {k: lrs[k] for k in names})
+    return _mse(model.apply({"params": {**fixed, **fast}}, task.query_x), task.query_y)
+
+
+def _rel_diff(a, b):
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+def test_anil_meta_gradient_is_second_order():
+    """ANIL's meta-gradient after 3 inner steps on the head equals jax.grad of the unrolled loop, for the head and
+    for the body (whose gradient flows through the head's adaptation); the head part also equals the closed form
+    prod_t (I - a H_head(theta_t)) grad_head L_q. First-order ANIL differs measurably, in the head and in the body."""
+    with jax.enable_x64(True):
+        model = fj.models.MLP(hidden=(5,), out=1, dtype=jnp.float64)
+        task = _tiny_task(jax.random.key(5))
+        alpha, steps = 0.3, 3
+        learner = fj.anil(model, "mse", inner_lr=alpha, inner_steps=steps, head="head")
+        variables = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), learner.init(jax.random.key(6), task))
+        params = variables["params"]
+        assert sorted(params) == ["dense0", "head"]
+        grads = jax.grad(lambda p: fj.meta_loss(learner, p, task, jax.random.key(0))[0])(variables)["params"]
+        expected = jax.grad(lambda p: _unrolled_query_loss(model, task, p, alpha, steps, ["head"]))(params)
+        for name in ("dense0", "head"):
+            np.testing.assert_allclose(ravel_pytree(grads[name])[0], ravel_pytree(expected[name])[0],
+                                       rtol=1e-8, atol=1e-12, err_msg=name)
+
+        # Closed form over the head alone (the body fixed).
+        head0, unravel = ravel_pytree(params["head"])
+
+        def with_head(v):
+            return {"params": {**params, "head": unravel(v)}}
+
+        s_loss = lambda v: _mse(model.apply(with_head(v), task.support_x), task.support_y)  # noqa: E731
+        q_loss = lambda v: _mse(model.apply(with_head(v), task.query_x), task.query_y)  # noqa: E731
+        heads = [head0]
+        for _ in range(steps):
+            heads.append(heads[-1] - alpha * jax.grad(s_loss)(heads[-1]))
+        g = jax.grad(q_loss)(heads[-1])
+        eye = jnp.eye(head0.size, dtype=head0.dtype)
+        for h in reversed(heads[:-1]):
+            g = (eye - alpha * jax.hessian(s_loss)(h)) @ g
+        np.testing.assert_allclose(ravel_pytree(grads["head"])[0], g, rtol=1e-8, atol=1e-12)
+
+        first = fj.anil(model, "mse", inner_lr=alpha, inner_steps=steps, head="head", first_order=True)
+        fo = jax.grad(lambda p: fj.meta_loss(first, p, task, jax.random.key(0))[0])(variables)["params"]
+        fo_expected = jax.grad(lambda p: _unrolled_query_loss(model, task, p, alpha, steps, ["head"],
+                                                              first_order=True))(params)
+        for name in ("dense0", "head"):
+            ours, fo_name = ravel_pytree(grads[name])[0], ravel_pytree(fo[name])[0]
+            np.testing.assert_allclose(fo_name, ravel_pytree(fo_expected[name])[0], rtol=1e-8, atol=1e-12)
+            assert _rel_diff(fo_name, ours) > 1e-2, name  # the second-order terms matter in both parts
+
+
+def test_meta_sgd_meta_gradient_is_second_order():
+    """Meta-SGD after 3 inner steps with a different learning rate per parameter: the gradients with respect to the
+    weights and to the learning rates equal jax.grad of the unrolled loop; first order differs in both."""
+    with jax.enable_x64(True):
+        model = fj.models.MLP(hidden=(4,), out=1, dtype=jnp.float64)
+        task = _tiny_task(jax.random.key(7))
+        steps = 3
+        learner = fj.meta_sgd(model, "mse", inner_lr=0.1, inner_steps=steps)
+        params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), learner.init(jax.random.key(8), task))
+        flat_lr, unravel_lr = ravel_pytree(params["inner_lr"])
+        lrs = unravel_lr(jax.random.uniform(jax.random.key(9), flat_lr.shape, jnp.float64, 0.05, 0.4))
+        params = {"model": params["model"], "inner_lr": lrs}
+
+        def ours(lr_learner):
+            g = jax.grad(lambda p: fj.meta_loss(lr_learner, p, task, jax.random.key(0))[0])(params)
+            return ravel_pytree(g["model"]["params"])[0], ravel_pytree(g["inner_lr"])[0]
+
+        def by_hand(first_order):
+            g_w, g_lr = jax.grad(
+                lambda w, lr: _unrolled_query_loss(model, task, w, lr, steps, first_order=first_order),
+                argnums=(0, 1))(params["model"]["params"], lrs)
+            return ravel_pytree(g_w)[0], ravel_pytree(g_lr)[0]
+
+        g_w, g_lr = ours(learner)
+        e_w, e_lr = by_hand(False)
+        np.testing.assert_allclose(g_w, e_w, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(g_lr, e_lr, rtol=1e-8, atol=1e-12)
+        fo_w, fo_lr = ours(fj.meta_sgd(model, "mse", inner_lr=0.1, inner_steps=steps, first_order=True))
+        h_w, h_lr = by_hand(True)
+        np.testing.assert_allclose(fo_w, h_w, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose(fo_lr, h_lr, rtol=1e-8, atol=1e-12)
+        assert _rel_diff(fo_w, g_w) > 1e-2 and _rel_diff(fo_lr, g_lr) > 1e-2
+
+
+_REMAT = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive.name  # this JAX's name for jax.checkpoint
+
+
+def primitive_names(jaxpr):
+    """Every primitive in ``jaxpr`` and in the jaxprs nested in its equations (scan / cond / remat bodies)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    names = []
+    for eqn in jaxpr.eqns:
+        names.append(eqn.primitive.name)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                    names.extend(primitive_names(sub))
+    return names
+
+
+@pytest.mark.parametrize("maker", [fj.maml, fj.anil, fj.meta_sgd], ids=["maml", "anil", "meta_sgd"])
+def test_remat_is_in_the_meta_gradient_jaxpr(maker):
+    """remat=True puts a jax.checkpoint in the meta-gradient's program (and remat=False none), with the same
+    meta-gradient."""
+    model = fj.models.MLP(hidden=(4,), out=1)
+    task = _tiny_task(jax.random.key(0), dtype=jnp.float32)
+    grads = {}
+    for remat in (False, True):
+        learner = maker(model, "mse", inner_lr=0.1, inner_steps=3, remat=remat)
+        params = learner.init(jax.random.key(1), task)
+        meta_grad = jax.grad(lambda p: fj.meta_loss(learner, p, task, jax.random.key(2))[0])
+        names = primitive_names(jax.make_jaxpr(meta_grad)(params))
+        assert "scan" in names
+        assert (_REMAT in names) == remat, (remat, sorted(set(names)))
+        grads[remat] = ravel_pytree(meta_grad(params))[0]
+    np.testing.assert_allclose(grads[True], grads[False], rtol=1e-5, atol=1e-7)
+
+
 def _variants():
     model = fj.models.Conv4(num_classes=3, hidden=4, blocks=2)
     return {
