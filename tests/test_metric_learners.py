@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.flatten_util import ravel_pytree
 
 import fsl_jax as fj
 from fsl_jax.learners.matching import matching_net
@@ -221,13 +222,49 @@ def test_siamese_nearest_neighbour_and_contrastive_loss_by_hand():
 
 
 def test_siamese_query_loss_weight_scales_only_the_gradient():
+    """The query cross-entropy's value is the plain cross-entropy whatever query_loss_weight is, and its gradient is
+    the weight times softmax - onehot (numpy). Through the whole objective, the meta-gradient at weight w is the
+    one at weight 0 (the contrastive term alone) plus w times the gradient of the plain query cross-entropy, and the
+    reported loss does not depend on w."""
     task = fj.task_at(_tasks(10, 1), 0)
-    a, b = siamese(_mlp(), WAYS, query_loss_weight=0.0), siamese(_mlp(), WAYS, query_loss_weight=1.0)
-    params = _init(a, jax.random.key(11), task)
-    logits = jax.jit(lambda p: a.predict(p, a.adapt(p, task, None), task.query_x))(params)
-    np.testing.assert_allclose(a.loss(logits, task.query_y), b.loss(logits, task.query_y), rtol=1e-6)
-    g = jax.grad(lambda l: a.loss(l, task.query_y))(logits)
-    assert float(jnp.max(jnp.abs(g))) == 0.0
+    learners = {w: siamese(_mlp(), WAYS, query_loss_weight=w) for w in (0.0, 1.0, 0.5, 2.0)}
+    zero = learners[0.0]
+    params = _init(zero, jax.random.key(11), task)
+
+    @jax.jit
+    def everything(p):  # one compilation for all of it
+        def query_logits(q):
+            return zero.predict(q, zero.adapt(q, task, None), task.query_x)
+
+        def plain_query_xent(q):
+            logp = jax.nn.log_softmax(query_logits(q))
+            return -jnp.mean(jnp.take_along_axis(logp, task.query_y[:, None], axis=1))
+
+        meta = {w: jax.value_and_grad(lambda q: fj.meta_loss(learners[w], q, task, jax.random.key(3))[0])(p)
+                for w in (0.0, 0.5, 2.0)}
+        return query_logits(p), jax.grad(plain_query_xent)(p), meta
+
+    logits, query_grad, meta = everything(params)
+    z = np.asarray(logits, np.float64)
+    y = np.asarray(task.query_y)
+    logp = z - z.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    xent = -logp[np.arange(len(y)), y].mean()
+    dxent = (np.exp(logp) - np.eye(WAYS)[y]) / len(y)  # d xent / d logits
+    assert np.abs(dxent).max() > 1e-3
+    for w, learner in learners.items():
+        np.testing.assert_allclose(learner.loss(logits, task.query_y), xent, rtol=1e-5)
+        g = np.asarray(jax.grad(lambda l: learner.loss(l, task.query_y))(logits))
+        if w == 0.0:
+            assert float(np.max(np.abs(g))) == 0.0
+        np.testing.assert_allclose(g, w * dxent, rtol=1e-4, atol=1e-7, err_msg=f"weight {w}")
+    total0, g0 = meta[0.0][0], ravel_pytree(meta[0.0][1])[0]
+    q = ravel_pytree(query_grad)[0]
+    assert float(jnp.linalg.norm(q)) > 1e-2 * float(jnp.linalg.norm(g0))
+    for w in (0.5, 2.0):
+        total, g = meta[w][0], ravel_pytree(meta[w][1])[0]
+        np.testing.assert_allclose(g, g0 + w * q, rtol=1e-4, atol=1e-6, err_msg=f"weight {w}")
+        np.testing.assert_allclose(total, total0, rtol=1e-6)
 
 
 def test_gaussian_kl_and_product_of_gaussians_closed_form():
