@@ -66,7 +66,10 @@ FAST = {
     "finetune": dict(steps=30, learning_rate=1e-3, head_learning_rate=1e-2),
     "setfit": dict(steps=30, learning_rate=1e-3),
     "protonet": dict(meta_train_steps=5, learning_rate=1e-3),
-    "anil": dict(meta_train_steps=3, learning_rate=1e-3),
+    # The tiny random BERT's normalised features are nearly collinear (mean cosine ~0.9), so the default 5 SGD steps
+    # at 0.5 from ANIL's zero head barely separate the classes (measured: 0.37, two classes predicted); 30 steps at
+    # 0.25 separate them (measured: 1.0 with fit seeds 0, 1 and 2).
+    "anil": dict(meta_train_steps=3, learning_rate=1e-3, inner_lr=0.25, inner_steps=30),
 }
 
 
@@ -203,11 +206,9 @@ def test_each_method_fits_and_predicts_string_labels(fitted, method):
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(clf.classes_, dtype=object)[proba.argmax(1)], predictions)
     accuracy = clf.score(texts, labels)
-    # the easy set is separable by vocabulary: every method that tunes the encoder (and the frozen head) gets it
-    if method in ("finetune", "setfit", "protonet", "head"):
-        assert accuracy >= 0.9, (method, accuracy, clf.fit_info_)
-    else:
-        assert accuracy >= 1 / 3 - 1e-6
+    # the easy set is separable by vocabulary: every method gets it (a constant predictor scores 1/3 on this balanced
+    # 3-class set, one that predicts two classes at most 2/3)
+    assert accuracy >= 0.9, (method, accuracy, clf.fit_info_)
 
 
 def test_finetune_early_stopping_uses_a_validation_split(fitted):
@@ -337,10 +338,26 @@ def test_text_cli_head_on_a_tiny_csv(tiny_bert, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------------ meta-learning
 
+REMAT = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive.name  # this JAX's name for jax.checkpoint
+
+
+def primitive_names(jaxpr):
+    """Every primitive in ``jaxpr`` and in the jaxprs nested in its equations (scan / cond / remat bodies)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    names = []
+    for eqn in jaxpr.eqns:
+        names.append(eqn.primitive.name)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                    names.extend(primitive_names(sub))
+    return names
+
 
 def test_second_order_maml_over_bert_matches_a_hand_written_meta_gradient(tiny_bert):
     """fj.maml over the BERT classifier (token-id tasks): its meta-gradient equals grad of
-    query_loss(theta - a * grad support_loss(theta)) written out by hand (with remat); FOMAML's differs."""
+    query_loss(theta - a * grad support_loss(theta)) written out by hand, with remat (whose program holds a
+    jax.checkpoint) and without (none); FOMAML's differs."""
     bb = load_backbone(tiny_bert)
     module, variables, tok = bb.classifier(3, jax.random.key(1))
     texts, labels = easy_texts(4, seed=3)
@@ -358,13 +375,21 @@ def test_second_order_maml_over_bert_matches_a_hand_written_meta_gradient(tiny_b
         adapted = jax.tree_util.tree_map(lambda p, d: p - lr * d, v, g)
         return xent(adapted, task.query_x, task.query_y)
 
-    expected = jax.jit(jax.grad(by_hand))(variables)
+    # Each program runs once, so compiling it is what costs: XLA's backend at optimisation level 0 about halves it.
+    def run_once(fn):
+        traced = jax.jit(fn).trace(variables)
+        return traced.jaxpr, traced.lower().compile(compiler_options={"xla_backend_optimization_level": 0})(variables)
+
+    _, expected = run_once(jax.grad(by_hand))
     flat = lambda tree: np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(tree)])  # noqa: E731
-    # remat=True, the setting that makes MiniLM second-order MAML fit on CPU (remat=False is the plain path that
-    # tests/test_maml.py checks against hand-written second order on MLPs)
-    learner = fj.maml(module, "xent", inner_lr=lr, inner_steps=1, remat=True)
-    got = jax.jit(jax.grad(lambda v: fj.meta_loss(learner, v, task, jax.random.key(0))[0]))(variables)
-    np.testing.assert_allclose(flat(got), flat(expected), rtol=1e-3, atol=1e-6)
+    # remat=True is the setting that makes MiniLM second-order MAML fit on CPU; remat=False is the plain path. Both
+    # must give the hand-written meta-gradient, and only the first may checkpoint the inner step.
+    for remat in (True, False):
+        learner = fj.maml(module, "xent", inner_lr=lr, inner_steps=1, remat=remat)
+        jaxpr, got = run_once(jax.grad(lambda v: fj.meta_loss(learner, v, task, jax.random.key(0))[0]))
+        checkpointed = REMAT in primitive_names(jaxpr)
+        assert checkpointed == remat, f"remat={remat}: jax.checkpoint in the program: {checkpointed}"
+        np.testing.assert_allclose(flat(got), flat(expected), rtol=1e-3, atol=1e-6, err_msg=f"remat={remat}")
     first = fj.maml(module, "xent", inner_lr=lr, inner_steps=1, first_order=True)
-    got_fo = jax.jit(jax.grad(lambda v: fj.meta_loss(first, v, task, jax.random.key(0))[0]))(variables)
+    _, got_fo = run_once(jax.grad(lambda v: fj.meta_loss(first, v, task, jax.random.key(0))[0]))
     assert np.max(np.abs(flat(got_fo) - flat(expected))) > 1e-4 * np.max(np.abs(flat(expected)))
