@@ -140,8 +140,8 @@ def protonet(
 
     Example:
       >>> import jax, jax.numpy as jnp, fsl_jax as fj
-      >>> learner = fj.protonet(fj.models.Conv4(hidden=16), ways=5)
-      >>> x = jax.random.uniform(jax.random.key(0), (30, 28, 28, 1))
+      >>> learner = fj.protonet(fj.models.MLP(hidden=(32,), out=16), ways=5)  # fj.models.Conv4() for images
+      >>> x = jax.random.normal(jax.random.key(0), (30, 8))
       >>> task = fj.Task(x[:5], jnp.arange(5), x[5:], jnp.arange(25) % 5)  # 5-way 1-shot, 5 queries per class
       >>> params = learner.init(jax.random.key(1), task)
       >>> prototypes = learner.adapt(params, task, None)

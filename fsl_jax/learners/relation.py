@@ -75,10 +75,10 @@ class RelationModule(nn.Module):
 
     Example:
       >>> import jax, jax.numpy as jnp
-      >>> pairs = jnp.zeros((8, 7, 7, 16))  # 8 (query, class) pairs of two 7x7x8 feature maps
+      >>> pairs = jnp.zeros((4, 7, 7, 16))  # 4 (query, class) pairs of two 7x7x8 feature maps
       >>> m = RelationModule(channels=8)
       >>> m.apply(m.init(jax.random.key(0), pairs), pairs).shape
-      (8,)
+      (4,)
     """
 
     channels: int = 64
@@ -164,14 +164,15 @@ def relation_net(
       >>> import jax, jax.numpy as jnp, fsl_jax as fj
       >>> from fsl_jax.learners.relation import RelationEncoder, RelationModule
       >>> learner = fj.relation_net(RelationEncoder(hidden=8), RelationModule(channels=8), ways=2)
-      >>> task = fj.Task(jnp.ones((2, 28, 28, 1)), jnp.array([0, 1]), jnp.ones((4, 28, 28, 1)), jnp.zeros(4, int))
-      >>> params = learner.init(jax.random.key(0), task)
+      >>> x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+      >>> task = fj.Task(x[:2], jnp.array([0, 1]), x[2:], jnp.array([1, 0]))  # 2-way 1-shot, 1 query per class
+      >>> params = learner.init(jax.random.key(1), task)
       >>> features = learner.adapt(params, task, None)
       >>> features.shape  # per class: the sum of its support feature maps
       (2, 7, 7, 8)
       >>> scores = learner.predict(params, features, task.query_x)
       >>> scores.shape, bool(jnp.all((scores >= 0) & (scores <= 1)))
-      ((4, 2), True)
+      ((2, 2), True)
     """
     check_module("encoder", encoder)
     relation_module = RelationModule() if relation_module is None else check_module("relation_module", relation_module)

@@ -74,11 +74,12 @@ class ICLTransformer(nn.Module):
     ``[Q, num_labels]`` logits.
 
     Example:
-        >>> model = ICLTransformer(num_labels=3, n_embd=16, n_layer=1, n_head=2)
-        >>> sx, sy, qx = jnp.ones((6, 4)), jnp.arange(6) % 3, jnp.zeros((2, 4))
-        >>> variables = model.init(jax.random.key(0), sx, sy, None, qx)
-        >>> model.apply(variables, sx, sy, None, qx).shape
-        (2, 3)
+        >>> model = ICLTransformer(num_labels=5, n_embd=16, n_layer=1, n_head=2)
+        >>> x = jax.random.normal(jax.random.key(0), (40, 16))
+        >>> sx, sy, qx = x[:25], jnp.arange(25) % 5, x[25:]  # 5-way 5-shot context, 15 queries
+        >>> variables = model.init(jax.random.key(1), sx, sy, None, qx)
+        >>> model.apply(variables, sx, sy, None, qx).shape  # logits over the 5 labels for every query
+        (15, 5)
     """
 
     num_labels: int
