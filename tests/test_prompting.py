@@ -45,6 +45,10 @@ def lm(tmp_path_factory):
     fj.models.save_pretrained(folder, module, params, tokenizer=make_tokenizer())
     loaded, loaded_params, tok = fj.models.from_pretrained(folder)
     assert tok is not None and tok.pad_token == "<|endoftext|>" and tok.padding_side == "left"
+    assert loaded.config == config
+    assert jax.tree_util.tree_structure(loaded_params) == jax.tree_util.tree_structure(params)
+    for saved, read in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(loaded_params)):
+        np.testing.assert_array_equal(np.asarray(read), np.asarray(saved))
     return loaded, loaded_params, tok, folder
 
 
@@ -198,6 +202,67 @@ def test_selection_strategies(lm):
     nearest.predict(["the acting was good", "film"])
 
 
+LOO_TEXTS = ["good film", "bad plot", "great acting", "awful film", "the plot was good", "the acting was bad",
+             "very good plot", "not good", "the film was awful", "great"]
+LOO_Y = ["pos", "neg", "pos", "neg", "pos", "neg", "pos", "neg", "neg", "pos"]
+LOO_EMBEDDINGS = dict(zip(LOO_TEXTS, np.random.default_rng(9).normal(size=(len(LOO_TEXTS), 8))))
+
+
+def _by_hand(pattern: str, text: str, word: str | None) -> str:
+    """Fills a pattern with a single {label} slot: the query prompt (``word=None``: up to the slot, trailing blanks
+    dropped) or a rendered demonstration (prompt, a space, the word, the rest of the pattern)."""
+    before, after = pattern.split("{label}")
+    prompt = before.replace("{text}", text).rstrip()
+    return prompt if word is None else prompt + " " + word + after.replace("{text}", text)
+
+
+def _loo_accuracy_by_hand(module, params, tok, pattern, verbalizer, k):
+    """Leave-one-out accuracy written out: each text's demonstrations are the k most similar *other* texts (cosine of
+    LOO_EMBEDDINGS, most similar last), each label scored by a plain forward pass (logsumexp over its words)."""
+    emb = np.stack([LOO_EMBEDDINGS[t] for t in LOO_TEXTS])
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    words = {label: [w] if isinstance(w, str) else list(w) for label, w in verbalizer.items()}
+    correct, margins = [], []
+    for i, text in enumerate(LOO_TEXTS):
+        others = [j for j in np.argsort(-sims[i]) if j != i][:k][::-1]
+        demos = [_by_hand(pattern, LOO_TEXTS[j], words[LOO_Y[j]][0]) for j in others]
+        prompt = "\n\n".join(demos + [_by_hand(pattern, text, None)])
+        scores = [np.logaddexp.reduce([plain_score(module, params, tok, prompt, " " + w) for w in words[label]])
+                  for label in verbalizer]
+        correct.append(list(verbalizer)[int(np.argmax(scores))] == LOO_Y[i])
+        margins.append(abs(scores[0] - scores[1]))
+    return float(np.mean(correct)), min(margins)
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_prompt_search_leave_one_out_accuracies_match_a_hand_computation(lm, k):
+    """Every (template, verbaliser) accuracy in search_prompts' table equals the leave-one-out accuracy computed by
+    hand (demonstrations from the other texts only, plain forward passes); the best is the first maximum."""
+    module, params, tok, _ = lm
+    templates = [TEMPLATE, "{text} It is {label} ."]
+    verbalizers = [{"pos": "good", "neg": "bad"}, {"pos": "great", "neg": "awful"}]  # one shape: one compilation
+    embed = lambda texts: np.stack([LOO_EMBEDDINGS[t] for t in texts]).astype(np.float32)  # noqa: E731
+    clf = PromptClassifier(module, params, tok, TEMPLATE, {"pos": "good", "neg": "bad"}, demonstrations=k,
+                           selection="nearest", embed_fn=embed)
+    result = clf.search_prompts(templates, verbalizers, LOO_TEXTS, LOO_Y)
+    expected = []
+    for pattern in templates:
+        for verbalizer in verbalizers:
+            accuracy, margin = _loo_accuracy_by_hand(module, params, tok, pattern, verbalizer, k)
+            assert margin > 1e-3  # no near-tie that float noise could flip
+            expected.append(accuracy)
+    assert [a for _, _, a in result.table] == pytest.approx(expected, abs=1e-9)
+    assert [(t.pattern, v.words) for t, v, _ in result.table] == [
+        (t, Verbalizer(v).words) for t in templates for v in verbalizers]
+    best = int(np.argmax(expected))
+    assert result.accuracy == pytest.approx(expected[best], abs=1e-9)
+    assert (result.template.pattern, result.verbalizer.words) == (templates[best // 2],
+                                                                  Verbalizer(verbalizers[best % 2]).words)
+    assert clf.template == result.template and clf.verbalizer == result.verbalizer
+    assert clf.pool_texts_ == LOO_TEXTS
+
+
 def test_prompt_search_picks_best_leave_one_out(lm):
     module, params, tok, _ = lm
     clf = PromptClassifier(module, params, tok, TEMPLATE, {"pos": "good", "neg": "bad"}, demonstrations=2)
@@ -211,15 +276,40 @@ def test_prompt_search_picks_best_leave_one_out(lm):
     assert set(clf.predict(["good film"])) <= {"pos", "neg"}
 
 
+def _calibrated_scores_by_hand(module, params, tok, clf, verbalizer, texts):
+    """[n, labels] scores from plain forward passes over clf.prompts: per order, label scores (logsumexp over
+    words) minus the content-free input's, log-softmax-ed; then the mean over orders."""
+    words = {label: [w] if isinstance(w, str) else list(w) for label, w in verbalizer.items()}
+
+    def label_scores(prompt):
+        return np.array([np.logaddexp.reduce([plain_score(module, params, tok, prompt, " " + w) for w in words[y]])
+                         for y in verbalizer])
+
+    cf = [label_scores(p) for p in clf.prompts([clf.content_free])[0]]
+    out = []
+    for prompts in clf.prompts(texts):
+        per_order = [label_scores(p) - c for p, c in zip(prompts, cf)]
+        per_order = [s - np.logaddexp.reduce(s) for s in per_order]
+        out.append(np.mean(per_order, axis=0))
+    return np.array(out)
+
+
 def test_local_folder_zero_and_few_shot_end_to_end(lm):
     loaded, loaded_params, loaded_tok, _ = lm  # what fj.models.from_pretrained(folder) returned
+    verbalizer = {"pos": ["good", "great"], "neg": "bad"}
     for k in (0, 4):
-        clf = PromptClassifier(loaded, loaded_params, loaded_tok, TEMPLATE, {"pos": ["good", "great"], "neg": "bad"},
+        clf = PromptClassifier(loaded, loaded_params, loaded_tok, TEMPLATE, verbalizer,
                                demonstrations=k, selection="balanced", calibrate=True, orders=2)
         clf.fit(SUPPORT, SUPPORT_Y)
-        predictions = clf.predict(["good film", "awful plot", "the acting"])
+        queries = ["good film", "awful plot", "the acting"]
+        predictions = clf.predict(queries)
         assert len(predictions) == 3 and set(predictions) <= {"pos", "neg"}
-        assert 0.0 <= clf.score(SUPPORT, SUPPORT_Y) <= 1.0
+        # The whole pipeline (loaded folder, demonstrations, 2 orders, calibration) against plain forward passes.
+        expected = _calibrated_scores_by_hand(loaded, loaded_params, loaded_tok, clf, verbalizer, queries + SUPPORT)
+        np.testing.assert_allclose(clf.score_labels(queries + SUPPORT), expected, rtol=1e-4, atol=1e-4)
+        assert predictions == [["pos", "neg"][j] for j in expected[:3].argmax(1)]
+        labels = np.array([["pos", "neg"][j] for j in expected[3:].argmax(1)])
+        assert clf.score(SUPPORT, SUPPORT_Y) == pytest.approx(float(np.mean(labels == np.array(SUPPORT_Y))))
     text = generate_text(loaded, loaded_params, loaded_tok, ["Review: good film", "Sentiment:"], 4)
     ids = loaded_tok(["Review: good film"], add_special_tokens=False, return_tensors="np")["input_ids"]
     greedy = fj.models.generate(loaded, loaded_params, ids, max_new_tokens=4, eos_token_id=loaded_tok.eos_token_id)
