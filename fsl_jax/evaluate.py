@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fsl_jax import _validate
+from fsl_jax import _validate, parallel
 from fsl_jax._progress import progress as progress_bar
 from fsl_jax.learners.base import Learner, meta_loss
 from fsl_jax.tasks import Task, task_at, validate_task
@@ -46,11 +46,16 @@ class EvalResult(NamedTuple):
         return f"{self.metric} {self.mean:.4f} +- {self.ci95:.4f} ({len(self.values)} episodes)"
 
 
-def _batched_scores(learner: Learner):
+def _batched_scores(learner: Learner, mesh: Any = None):
     def scores(params, tasks: Task, key):
+        if mesh is not None:
+            tasks = jax.lax.with_sharding_constraint(tasks, parallel.task_sharding(mesh))
         keys = jax.random.split(key, tasks.support_x.shape[0])
         losses, aux = jax.vmap(meta_loss, in_axes=(None, None, 0, 0))(learner, params, tasks, keys)
         metric = aux["accuracy"] if learner.kind == "classification" else aux["query_loss"]
+        if mesh is not None:  # every process gets every episode's score
+            metric, losses = jax.lax.with_sharding_constraint((metric, aux["query_loss"]), parallel.replicated(mesh))
+            return metric, losses
         return metric, aux["query_loss"]
 
     return scores
@@ -65,6 +70,7 @@ def evaluate(
     key: Array | None = None,
     batch_size: int = 50,
     progress: bool = False,
+    mesh: Any = None,
 ) -> EvalResult:
     """Evaluates ``learner`` over many test episodes.
 
@@ -73,11 +79,15 @@ def evaluate(
       params: meta-parameters.
       source: a jittable ``(key, num_tasks) -> Task`` sampler (``DeviceSampler.sample``, a ``DeviceSampler``, or a
         ``partial`` of :func:`fsl_jax.data.sinusoid_tasks`), a :class:`~fsl_jax.data.HostSampler`, or a batched
-        :class:`~fsl_jax.Task` (then every task in it is one episode and ``episodes`` is ignored).
+        :class:`~fsl_jax.Task` (then every task in it is one episode; ``episodes`` must still be valid but is not
+        used).
       episodes: number of test episodes.
       key: PRNG key for sampling and stochastic adaptation (required unless ``source`` is a Task).
-      batch_size: episodes evaluated per compiled call.
-      progress: show a progress bar.
+      batch_size: episodes evaluated per compiled call (with a mesh, rounded up to a multiple of its ``"tasks"``
+        axis; the episodes drawn depend on it, so compare runs at the same batch size).
+      progress: show a progress report.
+      mesh: split each batch of episodes over this mesh's ``"tasks"`` axis (default in a multi-process run: all
+        devices of all processes). Every process gets every score, so the mean +- CI is the single-device figure.
 
     Returns:
       An :class:`EvalResult`; ``str(result)`` reads e.g. ``accuracy 97.10 +- 0.40 % (600 episodes)``.
@@ -99,24 +109,42 @@ def evaluate(
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 2:
         raise ValueError(f"episodes must be an int >= 2 (a confidence interval needs two), got {episodes!r}")
-    scores = jax.jit(_batched_scores(learner))
+    if mesh is None and jax.process_count() > 1:
+        mesh = parallel.task_mesh()
+    devices = 1
+    if mesh is not None:
+        parallel.check_mesh(mesh)
+        devices = parallel.task_devices(mesh)
+        params = parallel.replicate(params, mesh)
+    scores = jax.jit(_batched_scores(learner, mesh))
     metric_name = "accuracy" if learner.kind == "classification" else "mse"
     metrics, losses = [], []
+
+    def padded(chunk: Task) -> tuple[Task, int]:
+        """A chunk with a multiple of the mesh's task devices (extra copies of its first task, scores dropped)."""
+        n = int(np.shape(chunk.support_x)[0])
+        extra = -n % devices
+        if extra:
+            chunk = jax.tree_util.tree_map(lambda x: np.concatenate([x, np.repeat(x[:1], extra, 0)]), chunk)
+        return chunk, n
 
     if isinstance(source, Task):
         validate_task(source, batched=True)
         _validate.check_output_width(learner, params, task_at(source, 0))
         key = jax.random.key(0) if key is None else key
         total = int(np.shape(source.support_x)[0])
+        batch_size = -(-batch_size // devices) * devices
         for start in progress_bar(range(0, total, batch_size), disable=not progress, desc="evaluate"):
-            chunk = jax.tree_util.tree_map(lambda x: jnp.asarray(x[start : start + batch_size]), source)
+            chunk, n = padded(jax.tree_util.tree_map(lambda x: np.asarray(x[start : start + batch_size]), source))
+            chunk = parallel.shard_tasks(chunk, mesh) if mesh is not None else jax.tree_util.tree_map(jnp.asarray,
+                                                                                                       chunk)
             m, l = scores(params, chunk, jax.random.fold_in(key, start))
-            metrics.append(np.asarray(m))
-            losses.append(np.asarray(l))
+            metrics.append(np.asarray(m)[:n])
+            losses.append(np.asarray(l)[:n])
     else:
         if key is None:
             raise ValueError("key is required when sampling episodes (pass key=jax.random.key(seed))")
-        batch_size = min(batch_size, episodes)
+        batch_size = -(-min(batch_size, episodes) // devices) * devices
         ways = _validate.source_ways(source)
         if isinstance(source, DeviceSampler):
             source = source.sample
@@ -124,13 +152,14 @@ def evaluate(
             seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
             host = HostSampler(source.classes, source.ways, source.shots, source.queries, seed=seed, dtype=source.dtype)
             sample_and_score = None
+            rows = parallel.local_rows(mesh, batch_size) if mesh is not None else (0, batch_size)
         elif callable(source):
             host = None
 
             @jax.jit
             def sample_and_score(params, k):
                 k_sample, k_adapt = jax.random.split(k)
-                return _batched_scores(learner)(params, source(k_sample, batch_size), k_adapt)
+                return _batched_scores(learner, mesh)(params, source(k_sample, batch_size), k_adapt)
         else:
             raise TypeError(f"source must be a sampler, a callable (key, num_tasks) -> Task or a Task, got {type(source).__name__}")
         if ways is not None:  # the model's output width against the episodes' ways, from shapes only
@@ -141,7 +170,9 @@ def evaluate(
         for b in progress_bar(range(batches), disable=not progress, desc="evaluate"):
             k = jax.random.fold_in(key, b)
             if host is not None:
-                tasks = jax.tree_util.tree_map(jnp.asarray, host.sample(batch_size, index=b))
+                local = host.sample(batch_size, index=b, start=rows[0], stop=rows[1])
+                tasks = (parallel.global_tasks(local, mesh, batch_size) if mesh is not None
+                         else jax.tree_util.tree_map(jnp.asarray, local))
                 m, l = scores(params, tasks, k)
             else:
                 m, l = sample_and_score(params, k)

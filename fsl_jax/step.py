@@ -148,6 +148,7 @@ def make_meta_step(
     skip_nonfinite: bool = False,
     donate: bool = True,
     mesh: Any = None,
+    param_rule: Callable | None = None,
 ) -> Callable:
     """Builds the jit-compiled, state-donating meta-training step.
 
@@ -163,7 +164,11 @@ def make_meta_step(
         step is counted in ``state.nonfinite_steps``) instead of applying the update.
       donate: donate the state's buffers to the step (the input state must not be used afterwards).
       mesh: a ``jax.sharding.Mesh`` from :func:`fsl_jax.parallel.task_mesh`: the task batch is split across its
-        ``"tasks"`` axis, parameters and optimiser state replicated.
+        ``"tasks"`` axis; parameters and optimiser state are sharded along its ``"model"`` axis (FSDP, see
+        :func:`fsl_jax.parallel.state_shardings`) or replicated when it has size 1. In a multi-process run, every
+        process calls the step with the same arguments (global arrays, or the same host values).
+      param_rule: ``(path, shape) -> PartitionSpec`` overriding the default sharding of each state leaf along the
+        ``"model"`` axis.
 
     Returns:
       ``step(state, tasks, key) -> (state, metrics)`` or, with ``sampler``, ``step(state, key) -> (state, metrics)``.
@@ -193,11 +198,17 @@ def make_meta_step(
         if meta_batch is not None and meta_batch % task_chunk:
             raise ValueError(f"task_chunk={task_chunk} must divide meta_batch={meta_batch}")
 
-    task_sharding = None
     if mesh is not None:
-        from fsl_jax.parallel import task_sharding as _task_sharding
+        from fsl_jax import parallel
 
-        task_sharding = _task_sharding(mesh)
+        parallel.check_mesh(mesh)
+        if meta_batch is not None:
+            parallel.check_batch(meta_batch, mesh, f"meta_batch={meta_batch}")
+        if param_rule is not None and not callable(param_rule):
+            raise TypeError(f"param_rule must be a callable (path, shape) -> PartitionSpec, got "
+                            f"{type(param_rule).__name__}")
+    elif param_rule is not None:
+        raise ValueError("param_rule needs mesh= (a mesh with a 'model' axis, see fj.parallel.task_mesh)")
 
     ways = _validate.source_ways(sampler) if sampler is not None else None
 
@@ -205,13 +216,11 @@ def make_meta_step(
         # Trace-time checks (shapes only, nothing at run time): the error names the Task field or the two widths.
         validate_task(tasks, batched=True, check_values=False)
         _validate.check_output_width(learner, state.params, task_at(tasks, 0), ways)
-        if task_sharding is not None:
-            total = tasks.support_x.shape[0]
-            if total % mesh.size:
-                raise ValueError(
-                    f"the task batch ({total} tasks) must divide evenly over the mesh's {mesh.size} devices"
-                )
-            tasks = jax.lax.with_sharding_constraint(tasks, task_sharding)
+        if mesh is not None:
+            parallel.check_batch(tasks.support_x.shape[0], mesh)
+            tasks = jax.lax.with_sharding_constraint(tasks, parallel.task_sharding(mesh))
+            shardings = parallel.state_shardings(state, mesh, param_rule)  # from shapes, at trace time
+            state = jax.lax.with_sharding_constraint(state, shardings)
         grads, loss, metrics = batch_grads(learner, state.params, tasks, key, task_chunk)
         finite = jnp.logical_and(jnp.isfinite(loss), _all_finite(grads))
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
@@ -228,6 +237,9 @@ def make_meta_step(
             first_nonfinite_step=jnp.where(bad & (state.first_nonfinite_step < 0), state.step, state.first_nonfinite_step),
         )
         metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads), "finite": finite}
+        if mesh is not None:  # the state keeps its layout; metrics are global values every process can read
+            new_state = jax.lax.with_sharding_constraint(new_state, shardings)
+            metrics = jax.lax.with_sharding_constraint(metrics, parallel.replicated(mesh))
         return new_state, metrics
 
     donate_argnums = (0,) if donate else ()

@@ -9,6 +9,7 @@ stops.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fsl_jax import _validate
+from fsl_jax import _validate, parallel
 from fsl_jax._config import describe
 from fsl_jax._progress import format_duration, progress as progress_bar
 from fsl_jax.checkpoint import latest_step, restore_checkpoint, save_checkpoint
@@ -199,6 +200,32 @@ def run_config(learner: Learner, optimizer: optax.GradientTransformation, source
             "meta_batch": meta_batch, "key": describe(key), "skip_nonfinite": bool(skip_nonfinite)}
 
 
+_SIGNALS = ("SIGINT", "SIGTERM")
+
+
+def is_host_source(source: Any) -> bool:
+    """Whether ``source`` is sampled on the host (``source.sample(num_tasks, index)``) rather than a jittable
+    ``(key, num_tasks) -> Task`` function."""
+    from fsl_jax.data.sampler import DeviceSampler, HostSampler
+
+    if isinstance(source, HostSampler):
+        return True
+    return not callable(source) and not isinstance(source, DeviceSampler) and callable(getattr(source, "sample", None))
+
+
+def host_rows(source: Any, num_tasks: int, index: int, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of host batch ``index``: built alone when ``source.sample`` takes ``start``/``stop``,
+    else cut from the whole batch."""
+    try:
+        takes_rows = "stop" in inspect.signature(source.sample).parameters
+    except (TypeError, ValueError):
+        takes_rows = False
+    if takes_rows:
+        return source.sample(num_tasks, index=index, start=start, stop=stop)
+    whole = source.sample(num_tasks, index=index)
+    return whole if (start, stop) == (0, num_tasks) else jax.tree_util.tree_map(lambda x: x[start:stop], whole)
+
+
 def _say(message: str, enabled: bool) -> None:
     if enabled and jax.process_index() == 0:
         print(message, file=sys.stderr, flush=True)
@@ -228,6 +255,7 @@ def meta_train(
     max_seconds: float | None = None,
     allow_config_change: bool = False,
     handle_signals: bool = True,
+    param_rule: Any = None,
 ) -> tuple[TrainState, History]:
     """Meta-trains ``learner`` for ``steps`` meta-steps; stop-safe and resumable.
 
@@ -235,8 +263,9 @@ def meta_train(
       learner: a :class:`~fsl_jax.Learner`.
       optimizer: the outer optax optimiser.
       source: where tasks come from: a jittable ``(key, num_tasks) -> Task`` (sampled inside the compiled step,
-        e.g. ``DeviceSampler.sample``) or a :class:`~fsl_jax.data.HostSampler` (sampled on the host, batch ``i``
-        for step ``i``).
+        e.g. ``DeviceSampler.sample``) or a host source: a :class:`~fsl_jax.data.HostSampler` or any object with
+        ``sample(num_tasks, index) -> Task`` (sampled on the host, batch ``i`` for step ``i``; if its ``sample``
+        also takes ``start`` and ``stop``, each process builds only its rows).
       steps: total meta-steps (a resumed run continues up to this number).
       meta_batch: tasks per meta-step.
       key: the run's PRNG key; step ``i`` uses ``fold_in(key, i)``, so a resumed run draws exactly what an
@@ -259,13 +288,20 @@ def meta_train(
       progress: report progress (a tqdm bar on a terminal, a plain line every 30 s otherwise) and print the
         expected time after the first logging point; ``False`` prints nothing.
       desc: the progress report's label.
-      mesh: shard task batches over this mesh (see :mod:`fsl_jax.parallel`).
+      mesh: shard task batches over this mesh's ``"tasks"`` axis and the state over its ``"model"`` axis (see
+        :mod:`fsl_jax.parallel`). In a multi-process run (after :func:`fsl_jax.parallel.initialize`) every process
+        calls ``meta_train`` with the same arguments; the mesh defaults to :func:`fsl_jax.parallel.task_mesh`, a host
+        source builds only this process's rows of each batch, metrics are global means, and logs, progress and
+        ``metrics.jsonl`` come from process 0. Stops on a signal, time-based checkpoints and ``max_seconds`` are then
+        agreed between processes at logging points.
       max_seconds: stop at the first logging point after this much wall time (a time-budgeted run); the state
         then holds fewer than ``steps`` steps.
       allow_config_change: resume from ``checkpoint_dir`` even when the checkpoint was written with another
         configuration (a warning lists the differences); by default that is a ``ValueError`` naming each field.
       handle_signals: on SIGINT / SIGTERM, finish the step in flight, save it, and raise
         :class:`TrainingInterrupted` (a second signal ends the process at once). ``False`` leaves signals alone.
+      param_rule: ``(path, shape) -> PartitionSpec`` for the state's sharding along the mesh's ``"model"`` axis
+        (default: :func:`fsl_jax.parallel.fsdp_spec`).
 
     Returns:
       ``(state, history)``.
@@ -288,7 +324,6 @@ def meta_train(
       >>> int(state.step), history.steps
       (200, [100, 200])
     """
-    from fsl_jax.data.sampler import HostSampler
 
     # ---- every argument is checked before anything is written to disk
     if not isinstance(learner, Learner):
@@ -311,14 +346,21 @@ def meta_train(
     checkpoint_dir = _validate.path_or_none("checkpoint_dir", checkpoint_dir)
     log_dir = _validate.path_or_none("log_dir", log_dir)
     log_dir = log_dir if log_dir is not None else checkpoint_dir
-    host = isinstance(source, HostSampler)
+    host = is_host_source(source)
     if not host and not callable(source):
-        raise TypeError(f"source must be a HostSampler or a callable (key, num_tasks) -> Task, got {type(source).__name__}")
+        raise TypeError(f"source must be a host source (a HostSampler, or an object with .sample(num_tasks, index)) "
+                        f"or a callable (key, num_tasks) -> Task, got {type(source).__name__}")
     if state is not None and not isinstance(state, TrainState):
         raise TypeError(f"state must be a fsl_jax.TrainState or None, got {type(state).__name__}")
-    if mesh is not None and meta_batch % mesh.size:
-        raise ValueError(f"meta_batch={meta_batch} must divide evenly over the mesh's {mesh.size} devices")
-    primary = jax.process_index() == 0
+    multi = jax.process_count() > 1
+    if mesh is None and multi:
+        mesh = parallel.task_mesh()  # a multi-process run always spans every process's devices
+    if mesh is not None:
+        parallel.check_mesh(mesh)
+        parallel.check_batch(meta_batch, mesh, f"meta_batch={meta_batch}")
+    elif param_rule is not None:
+        raise ValueError("param_rule needs mesh= (a mesh with a 'model' axis, see fj.parallel.task_mesh)")
+    primary = parallel.is_primary()
     init_key, run_key = jax.random.split(key)
 
     if state is None:
@@ -334,9 +376,12 @@ def meta_train(
     for name, folder in (("checkpoint_dir", checkpoint_dir), ("log_dir", log_dir)):
         if folder is not None and primary:
             _validate.writable_dir(name, folder)
+    if mesh is not None:  # placed first, so that a checkpoint restores straight into the mesh's layout
+        state = parallel.shard_state(state, mesh, param_rule)
 
     if checkpoint_dir is not None and latest_step(checkpoint_dir) is not None:
         state = restore_checkpoint(checkpoint_dir, state, config=config, allow_config_change=allow_config_change)
+        parallel.sync("fsl_jax.meta_train.restored")
         restored = int(jax.device_get(state.step))
         if restored > steps:
             raise ValueError(f"checkpoint_dir {checkpoint_dir!r} holds a run already at step {restored}, past "
@@ -350,15 +395,13 @@ def meta_train(
         # (a source with static ways is checked by the compiled step at trace time)
         _validate.check_output_width(learner, state.params, example, _validate.source_ways(source))
 
-    if mesh is not None:
-        from fsl_jax.parallel import replicate
-
-        state = replicate(state, mesh)
     if host:
-        step_fn = make_meta_step(learner, optimizer, task_chunk=task_chunk, skip_nonfinite=skip_nonfinite, mesh=mesh)
+        step_fn = make_meta_step(learner, optimizer, task_chunk=task_chunk, skip_nonfinite=skip_nonfinite, mesh=mesh,
+                                 param_rule=param_rule)
+        rows = parallel.local_rows(mesh, meta_batch) if mesh is not None else (0, meta_batch)
     else:
         step_fn = make_meta_step(learner, optimizer, sampler=source, meta_batch=meta_batch, task_chunk=task_chunk,
-                                 skip_nonfinite=skip_nonfinite, mesh=mesh)
+                                 skip_nonfinite=skip_nonfinite, mesh=mesh, param_rule=param_rule)
 
     # XLA:CPU runs every simulated device's part of a step on one shared thread pool, and a participant that reaches
     # a collective blocks its thread until all have arrived. With many steps in flight (asynchronous dispatch), the
@@ -391,8 +434,10 @@ def meta_train(
     try:
         with _StopSignals(handle_signals) as stop:
             for i in range(start, steps):
-                if host:
-                    tasks = jax.tree_util.tree_map(jnp.asarray, source.sample(meta_batch, index=i))
+                if host:  # this process builds only its own rows of the global batch
+                    local = host_rows(source, meta_batch, i, *rows)
+                    tasks = (parallel.global_tasks(local, mesh, meta_batch) if mesh is not None
+                             else jax.tree_util.tree_map(jnp.asarray, local))
                     state, metrics = step_fn(state, tasks, jax.random.fold_in(run_key, i))
                 else:
                     state, metrics = step_fn(state, run_key)
@@ -417,13 +462,25 @@ def meta_train(
                         bar.write(f"{desc or learner.name}: {per_step:.3g} s per step after compilation; "
                                   f"{steps - done} steps to go: ~{format_duration(per_step * (steps - done))} "
                                   f"at this speed")
-                    if max_seconds is not None and time.perf_counter() - t0 > max_seconds and done < steps:
-                        reason = "max_seconds"
                 now = time.perf_counter()
-                if stop.received:
-                    reason = stop.received
-                if (done % checkpoint_every == 0 or done == steps or reason != "finished"
-                        or (checkpoint_every_seconds is not None and now - last_save_time >= checkpoint_every_seconds)):
+                time_due = checkpoint_every_seconds is not None and now - last_save_time >= checkpoint_every_seconds
+                over_budget = logging and max_seconds is not None and now - t0 > max_seconds and done < steps
+                received = stop.received
+                if multi:
+                    # Every process must take the same decisions: they are agreed at logging points (a stop
+                    # requested by a signal in any process, process 0's clock for time-based saves and the budget).
+                    if logging:
+                        flags = parallel.agree([_SIGNALS.index(received) + 1 if received else 0, time_due,
+                                                over_budget])
+                        received = _SIGNALS[int(flags[:, 0].max()) - 1] if flags[:, 0].max() else None
+                        time_due, over_budget = bool(flags[0, 1]), bool(flags[0, 2])
+                    else:
+                        received, time_due = None, False
+                if over_budget:
+                    reason = "max_seconds"
+                if received:
+                    reason = received
+                if done % checkpoint_every == 0 or done == steps or reason != "finished" or time_due:
                     save(done)
                 bar.update(1)
                 if reason != "finished":

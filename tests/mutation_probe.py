@@ -77,9 +77,10 @@ MUTANTS = [
            "skip_nonfinite, checkpoint_dir, done)\n",
            ("tests/test_train.py::test_meta_train_reads_the_device_only_at_logging_points",)),
     Mutant("sharded_first_device_only", "the sharded step uses only the first device's tasks", "fsl_jax/step.py",
-           "            tasks = jax.lax.with_sharding_constraint(tasks, task_sharding)",
-           "            tasks = jax.tree_util.tree_map(lambda x: jnp.concatenate([x[: total // mesh.size]] * mesh.size),"
-           " tasks)\n            tasks = jax.lax.with_sharding_constraint(tasks, task_sharding)",
+           "            tasks = jax.lax.with_sharding_constraint(tasks, parallel.task_sharding(mesh))",
+           "            n = parallel.task_devices(mesh)\n"
+           "            tasks = jax.tree_util.tree_map(lambda x: jnp.concatenate([x[: x.shape[0] // n]] * n), tasks)\n"
+           "            tasks = jax.lax.with_sharding_constraint(tasks, parallel.task_sharding(mesh))",
            ("tests/test_parallel.py",)),
     Mutant("sharding_axis_ignored", "tasks are replicated instead of split over the mesh", "fsl_jax/parallel.py",
            "    return NamedSharding(mesh, PartitionSpec(TASK_AXIS))", "    return NamedSharding(mesh, PartitionSpec())",

@@ -127,8 +127,9 @@ class HostSampler:
     """Samples N-way K-shot episodes with numpy on the host.
 
     Use it for ragged classes (a list of per-class arrays with different counts) or for data too large for the
-    device. Episodes are deterministic in ``(seed, index)``: ``sample(num_tasks, index=i)`` always returns the same
-    batch, which is what makes a resumed run sample exactly what an uninterrupted one would.
+    device. Episodes are deterministic in ``(seed, index, j)``: ``sample(num_tasks, index=i)`` always returns the same
+    batch, which is what makes a resumed run sample exactly what an uninterrupted one would, and episode ``j`` of it
+    does not depend on the others, so each process of a multi-process run can build only its own part.
 
     Args:
       data: ``[classes, per_class, *features]`` array, or a sequence of per-class arrays ``[count_c, *features]``.
@@ -188,23 +189,40 @@ class HostSampler:
         query = x[:, self.shots :].reshape((self.ways * self.queries, *self.feature_shape))
         return support, query
 
-    def sample(self, num_tasks: int, index: int | None = None) -> Task:
-        """A batch of ``num_tasks`` tasks (numpy arrays with a leading task axis).
+    def sample(self, num_tasks: int, index: int | None = None, *, start: int = 0, stop: int | None = None) -> Task:
+        """A batch of ``num_tasks`` tasks (numpy arrays with a leading task axis), or the part ``start:stop`` of it.
+
+        Episode ``j`` of batch ``index`` is drawn from ``default_rng([seed, index, j])`` alone, so any part of a batch
+        can be built without the rest: in a multi-process run each process builds only its own rows, and the global
+        batch is the same whatever the number of processes.
 
         Args:
-          num_tasks: tasks in the batch.
+          num_tasks: tasks in the (whole) batch.
           index: the batch number; ``None`` takes the sampler's counter and advances it.
+          start, stop: build only episodes ``start .. stop - 1`` of the batch (default: all of them).
+
+        Example:
+          >>> import numpy as np, fsl_jax as fj
+          >>> sampler = fj.data.HostSampler(np.random.rand(8, 6, 3).astype(np.float32), ways=2, shots=1, queries=2)
+          >>> whole, part = sampler.sample(4, index=7), sampler.sample(4, index=7, start=2, stop=4)
+          >>> part.support_x.shape, bool(np.array_equal(whole.query_x[2:], part.query_x))
+          ((2, 2, 3), True)
         """
         _check_count("num_tasks", num_tasks)
+        stop = num_tasks if stop is None else stop
+        if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))
+                and 0 <= start < stop <= num_tasks):
+            raise ValueError(f"start and stop must satisfy 0 <= start < stop <= num_tasks={num_tasks}, got "
+                             f"start={start!r}, stop={stop!r}")
         if index is None:
             index = self.index
             self.index += 1
-        rng = np.random.default_rng([self.seed, int(index)])
-        pairs = [self._one(rng) for _ in range(num_tasks)]
+        pairs = [self._one(np.random.default_rng([self.seed, int(index), j])) for j in range(start, stop)]
+        count = stop - start
         support_x = np.stack([p[0] for p in pairs])
         query_x = np.stack([p[1] for p in pairs])
-        support_y = np.tile(_labels(self.ways, self.shots), (num_tasks, 1))
-        query_y = np.tile(_labels(self.ways, self.queries), (num_tasks, 1))
+        support_y = np.tile(_labels(self.ways, self.shots), (count, 1))
+        query_y = np.tile(_labels(self.ways, self.queries), (count, 1))
         return Task(support_x, support_y, query_x, query_y)
 
     @property
