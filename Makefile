@@ -28,9 +28,11 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow --durations=15
 
-# Every docstring example (the API reference's) runs and prints what it shows.
+# Every docstring example (the API reference's) runs and prints what it shows. Like `make test`, two workers with
+# whole modules per worker (the examples' time is XLA compilation, on one core); JOBS=1 runs them in one process.
 doctest: $(STAMP)
-	$(PY) -m pytest -q --doctest-modules fsl_jax -p no:cacheprovider --durations=5
+	$(PY) -m pytest -q --doctest-modules fsl_jax -p no:cacheprovider --durations=5 \
+		$(if $(filter 1,$(JOBS)),,-n $(JOBS) --dist loadfile)
 
 # Mutation probe: each core guarantee broken on purpose in a copy of the tree; the tests that claim it must fail.
 # Not part of `make test` (about 25 min on 2 cores); `python tests/mutation_probe.py --list` shows the mutants.
