@@ -148,8 +148,15 @@ def read_checkpoint_config(directory: str | os.PathLike, step: int | None = None
     """The run configuration stored with checkpoint ``step`` (default: the latest), or ``None`` if it has none.
 
     Example:
-      >>> fj.read_checkpoint_config("runs/maml/checkpoints")["learner"]["inner_lr"]   # doctest: +SKIP
-      0.4
+      >>> import tempfile, jax, optax, fsl_jax as fj
+      >>> learner = fj.maml(fj.models.MLP((8,)), "mse", inner_lr=0.4)
+      >>> source = lambda key, n: fj.data.sinusoid_tasks(key, n, 5, 5)
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     state, _ = fj.meta_train(learner, optax.adam(1e-3), source, steps=2, meta_batch=2,
+      ...                              key=jax.random.key(0), checkpoint_dir=tmp, progress=False)
+      ...     config = fj.read_checkpoint_config(tmp)
+      >>> config["learner"]["inner_lr"], config["meta_batch"]
+      (0.4, 2)
     """
     step = latest_step(directory) if step is None else step
     if step is None:
@@ -190,7 +197,7 @@ def restore_checkpoint(directory: str | os.PathLike, target: TrainState, *, step
       ...     except ValueError as err:
       ...         print(err)
       7
-      checkpoint 7 in ... was written by a run with other settings: inner_lr: 0.4 in the checkpoint, 0.1 now ...
+      checkpoint 7 in ... was written by a run with other settings: inner_lr: 0.4 in the checkpoint, 0.1 now...
       >>> int(restored.step)
       7
     """

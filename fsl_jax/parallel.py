@@ -333,10 +333,10 @@ def fsdp_spec(path: str, shape: tuple, model: int) -> PartitionSpec:
       ValueError: naming the weight, its shape and ``model`` when no dimension is divisible.
 
     Example:
-      >>> fsdp_spec("params/dense0/kernel", (384, 1536), 2)
-      PartitionSpec(None, 'model')
-      >>> fsdp_spec("params/dense0/bias", (1536,), 2)
-      PartitionSpec()
+      >>> tuple(fsdp_spec("params/dense0/kernel", (384, 1536), 2))   # split along the 1536 columns
+      (None, 'model')
+      >>> tuple(fsdp_spec("params/dense0/bias", (1536,), 2))   # a vector: replicated
+      ()
     """
     if model == 1 or len(shape) < 2:
         return PartitionSpec()
@@ -359,8 +359,8 @@ def state_shardings(tree: Any, mesh: Mesh, rule: ParamRule | None = None) -> Any
     Example:
       >>> import jax, jax.numpy as jnp, fsl_jax as fj
       >>> mesh = fj.parallel.task_mesh()
-      >>> fj.parallel.state_shardings({"w": jnp.zeros((4, 2))}, mesh)["w"].spec
-      PartitionSpec()
+      >>> tuple(fj.parallel.state_shardings({"w": jnp.zeros((4, 2))}, mesh)["w"].spec)   # no model axis: replicated
+      ()
     """
     model = model_devices(mesh)
     if rule is not None and not callable(rule):

