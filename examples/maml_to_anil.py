@@ -20,7 +20,7 @@ args = parser.parse_args()
 limit = 30 if args.quick else None
 train = fj.data.DeviceSampler(fj.data.glyphs("train", max_classes=limit).data, ways=5, shots=1, queries=15)
 test = fj.data.DeviceSampler(fj.data.glyphs("test", max_classes=limit).data, ways=5, shots=1, queries=15)
-model = fj.models.Conv4(num_classes=5, hidden=8 if args.quick else 32)
+model = fj.models.Conv4(num_classes=5, hidden=8, blocks=2) if args.quick else fj.models.Conv4(num_classes=5, hidden=32)
 learners = {
     "MAML (2nd order)": fj.maml(model, "xent", inner_lr=0.4, inner_steps=1),
     "FOMAML": fj.maml(model, "xent", inner_lr=0.4, inner_steps=1, first_order=True),

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     _episode_flags(train)
     train.add_argument("--out", default=None, help="run folder (default runs/<learner>-<data>)")
     train.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    train.add_argument("--processes", type=int, default=1,
+                       help="run as N local processes on JAX's distributed runtime (to try multi-host on one "
+                            "machine; on a cluster start one process per host instead, see the README); default 1")
 
     ev = sub.add_parser("eval", help="evaluate a trained run folder",
                         description="Restores the latest checkpoint of a run folder and evaluates it on test "
@@ -170,10 +173,46 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launch_local_processes(args: argparse.Namespace) -> int:
+    """Runs this same command as ``--processes`` local processes joined through JAX's distributed runtime (process 0
+    listens on a free local port) and returns the worst exit status. Ctrl-C reaches every process (they share the
+    terminal's process group); SIGTERM sent to this launcher is passed on to them."""
+    import signal
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    children = []
+    for i in range(args.processes):
+        env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(args.processes),
+                   JAX_PROCESS_ID=str(i))
+        children.append(subprocess.Popen([sys.executable, "-m", "fsl_jax.cli", *args.argv], env=env))
+    forward = lambda signum, frame: [c.send_signal(signum) for c in children if c.poll() is None]  # noqa: E731
+    previous = {sig: signal.signal(sig, handler) for sig, handler in ((signal.SIGTERM, forward),
+                                                                       (signal.SIGINT, signal.SIG_IGN))}
+    try:
+        codes = [c.wait() for c in children]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for c in children:
+            if c.poll() is None:
+                c.kill()
+    return max(codes, key=abs)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    import jax
+    _positive(args, "processes")
+    if args.processes > 1 and "JAX_PROCESS_ID" not in os.environ:
+        return _launch_local_processes(args)
     import fsl_jax as fj
 
+    fj.parallel.initialize()  # joins the other processes when started by --processes or on a cluster; else nothing
+    import jax
+
+    primary = fj.parallel.is_primary()
     for name in ("meta_batch", "steps"):
         if getattr(args, name) is None:
             setattr(args, name, DEFAULTS[args.data][name])
@@ -196,9 +235,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = fj.evaluate(learner, params, test_source, episodes=args.episodes, key=jax.random.key(args.seed + 1))
         print(f"test ({args.learner}, no training): {result}")
         return 0
-    os.makedirs(out, exist_ok=True)
-    with open(config_path, "w") as f:
-        json.dump(config, f, indent=2)
+    if primary:
+        os.makedirs(out, exist_ok=True)
+        with open(config_path, "w") as f:
+            json.dump(config, f, indent=2)
     try:
         state, history = fj.meta_train(
             learner, recipe.optimizer, train_source, steps=args.steps, meta_batch=args.meta_batch,
@@ -206,21 +246,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
             checkpoint_dir=os.path.join(out, "checkpoints"), log_dir=out, desc=f"{args.learner} on {args.data}",
         )
     except fj.TrainingInterrupted as stop:
-        command = " ".join(["fsl-jax"] + [shlex.quote(a) for a in (args.argv or [])])
-        print(f"fsl-jax train: stopped by {stop.signal} after step {stop.step}; checkpoint saved in "
-              f"{os.path.join(out, 'checkpoints')}. Resume with: {command}", file=sys.stderr)
+        if primary:
+            command = " ".join(["fsl-jax"] + [shlex.quote(a) for a in (args.argv or [])])
+            print(f"fsl-jax train: stopped by {stop.signal} after step {stop.step}; checkpoint saved in "
+                  f"{os.path.join(out, 'checkpoints')}. Resume with: {command}", file=sys.stderr)
         return 130 if stop.signal == "SIGINT" else 143
+    say = print if primary else (lambda *a, **k: None)
     if history.metrics:
-        print(f"step {history.steps[-1]}: " + ", ".join(f"{k} {v:.4g}" for k, v in history.metrics[-1].items()))
-    rows = _logged_rows(out)
+        say(f"step {history.steps[-1]}: " + ", ".join(f"{k} {v:.4g}" for k, v in history.metrics[-1].items()))
+    rows = _logged_rows(out) if primary else []
     if rows:
-        print(f"learning curve: {_draw_learning_curve(out, config, rows)}")
-    if not args.no_eval:
+        say(f"learning curve: {_draw_learning_curve(out, config, rows)}")
+    if not args.no_eval:  # every process takes part; process 0 reports
         result = fj.evaluate(learner, state.params, test_source, episodes=args.episodes,
-                             key=jax.random.key(args.seed + 1), progress=True)
-        print(f"test: {result}")
-        _save_eval(out, result, int(state.step))
-    print(f"run folder: {os.path.abspath(out)}")
+                             key=jax.random.key(args.seed + 1), progress=primary)
+        say(f"test: {result}")
+        if primary:
+            _save_eval(out, result, int(jax.device_get(state.step)))
+    say(f"run folder: {os.path.abspath(out)}")
     return 0
 
 

@@ -124,6 +124,7 @@ def _wait_for_checkpoint(procs, ckpt, at_least):
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_a_signal_to_one_process_stops_all_at_the_same_step_then_resume(tmp_path):
     ckpt = tmp_path / "ckpt"
     procs = _start("train", tmp_path / "run", 2, 300, ckpt)
@@ -147,7 +148,7 @@ def test_a_signal_to_one_process_stops_all_at_the_same_step_then_resume(tmp_path
 
 def test_a_killed_process_stops_the_others_and_a_restart_resumes(tmp_path):
     ckpt = tmp_path / "ckpt"
-    procs = _start("train", tmp_path / "run", 2, 300, ckpt)
+    procs = _start("train", tmp_path / "run", 2, 60, ckpt)
     try:
         _wait_for_checkpoint(procs, ckpt, 10)
         procs[1].kill()  # SIGKILL: no goodbye
@@ -163,6 +164,7 @@ def test_a_killed_process_stops_the_others_and_a_restart_resumes(tmp_path):
     assert elapsed < 90, f"the surviving process took {elapsed:.0f} s to stop (heartbeat timeout 10 s)"
     assert "another task died" in err or "heartbeat" in err.lower() or "UNAVAILABLE" in err, err[-2000:]
     last = fj.latest_step(ckpt)
-    outputs = _run("train", tmp_path / "run", 2, 300, ckpt)
+    assert last is not None and last < 60, "the run finished before the kill"
+    outputs = _run("train", tmp_path / "run", 2, 60, ckpt)
     assert f"resuming from step {last}" in outputs[0][1]
-    assert fj.latest_step(ckpt) == 300
+    assert fj.latest_step(ckpt) == 60
