@@ -168,3 +168,22 @@ def test_a_killed_process_stops_the_others_and_a_restart_resumes(tmp_path):
     outputs = _run("train", tmp_path / "run", 2, 60, ckpt)
     assert f"resuming from step {last}" in outputs[0][1]
     assert fj.latest_step(ckpt) == 60
+
+
+def test_cli_processes_runs_local_processes(tmp_path):
+    """`fsl-jax train --processes 2` trains as two processes (one CPU device each) and logs what one process
+    with the same two-device batch split does."""
+    args = ["train", "--data", "sinusoid", "--steps", "20", "--meta-batch", "4", "--no-eval"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    two = subprocess.run([sys.executable, "-m", "fsl_jax.cli", *args, "--processes", "2", "--out", str(tmp_path / "2")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("run folder:") == 1  # process 0 reports, process 1 is quiet
+    assert fj.latest_step(tmp_path / "2" / "checkpoints") == 20
+    one = subprocess.run([sys.executable, "-m", "fsl_jax.cli", *args, "--out", str(tmp_path / "1")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    rows = [[json.loads(line) for line in open(tmp_path / k / "metrics.jsonl")] for k in ("1", "2")]
+    losses = [[r["loss"] for r in run if "event" not in r] for run in rows]
+    assert len(losses[0]) == len(losses[1]) == 20
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
