@@ -158,9 +158,9 @@ def initialize(
         raise ValueError(f"process_id={process_id} must be below num_processes={num_processes}")
     if num_processes == 1:
         return False
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # no effect on GPU/TPU collectives
     if coordinator_address is not None and process_id not in (None, 0):
         _wait_for_coordinator(coordinator_address, timeout_seconds)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # no effect on GPU/TPU collectives
     jax.distributed.initialize(coordinator_address, num_processes, process_id, local_device_ids,
                                initialization_timeout=timeout_seconds,
                                heartbeat_timeout_seconds=heartbeat_timeout_seconds)

@@ -187,3 +187,36 @@ def test_cli_processes_runs_local_processes(tmp_path):
     losses = [[r["loss"] for r in run if "event" not in r] for run in rows]
     assert len(losses[0]) == len(losses[1]) == 20
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
+INITIALIZE = """
+import sys, time, fsl_jax as fj
+def raises(exc, fn, *parts):
+    try:
+        fn()
+    except exc as err:
+        assert all(p in str(err) for p in parts), (str(err), parts)
+    else:
+        raise AssertionError(f"no {exc.__name__}: {parts}")
+assert fj.parallel.initialize() is False and fj.parallel.initialize() is False  # a single machine: nothing, twice
+raises(ValueError, lambda: fj.parallel.initialize("127.0.0.1:1", num_processes=2, process_id=2),
+       "process_id=2 must be below num_processes=2")
+raises(ValueError, lambda: fj.parallel.initialize(num_processes=2, process_id=0),
+       "num_processes=2 needs coordinator_address")
+raises(ValueError, lambda: fj.parallel.initialize(num_processes=0), "num_processes must be an int >= 1")
+raises(ValueError, lambda: fj.parallel.initialize("nohost", num_processes=2, process_id=1, timeout_seconds=1),
+       "coordinator_address must be 'host:port', got 'nohost'")
+t0 = time.monotonic()
+raises(ConnectionError, lambda: fj.parallel.initialize(f"127.0.0.1:{sys.argv[1]}", num_processes=2, process_id=1,
+                                                       timeout_seconds=2), f"127.0.0.1:{sys.argv[1]}", "within 2 s")
+assert time.monotonic() - t0 < 10, time.monotonic() - t0
+import jax
+assert jax.process_count() == 1
+print("OK")
+"""
+
+
+def test_initialize_checks_its_arguments_and_fails_fast_on_an_unreachable_coordinator():
+    result = subprocess.run([sys.executable, "-c", INITIALIZE, str(_free_port())], capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr[-3000:]
