@@ -35,7 +35,7 @@ doctest: $(STAMP)
 		$(if $(filter 1,$(JOBS)),,-n $(JOBS) --dist loadfile)
 
 # Mutation probe: each core guarantee broken on purpose in a copy of the tree; the tests that claim it must fail.
-# Not part of `make test` (about 25 min on 2 cores); `python tests/mutation_probe.py --list` shows the mutants.
+# Not part of `make test` (about 4 min on 2 cores); `python tests/mutation_probe.py --list` shows the mutants.
 mutants: $(STAMP)
 	$(PY) tests/mutation_probe.py --jobs 2
 
