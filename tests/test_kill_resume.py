@@ -20,7 +20,7 @@ import pytest
 import fsl_jax as fj
 
 WORKER = os.path.join(os.path.dirname(__file__), "resume_worker.py")
-STEPS = 400
+STEPS = 200
 
 
 def _run(ckpt, out, log_dir, *extra):

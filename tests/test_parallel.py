@@ -141,7 +141,8 @@ MODEL_AXIS_SCRIPT = textwrap.dedent(
         single, _, _ = run(learner, tasks, None)
         ref = leaves(single)
         state_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(jax.device_get(single.params)))
-        for shape in ((4, 2), (2, 4), (8, 1)):
+        full = sum(x.nbytes for x in jax.tree_util.tree_leaves(jax.device_get(single)))  # the unsharded state
+        for shape in ((4, 2), (2, 4)):
             mesh = fj.parallel.task_mesh(model=shape[1])
             assert dict(mesh.shape) == {"tasks": shape[0], "model": shape[1]}
             state, arg_bytes, metrics = run(learner, tasks, mesh)
@@ -155,8 +156,8 @@ MODEL_AXIS_SCRIPT = textwrap.dedent(
                                                     "param_bytes": int(state_bytes)}
         # parameters and optimiser state sharded along "model": what each device holds shrinks with the model axis
         # (vectors stay replicated, so a bit more than 1/model)
-        a1, a2, a4 = (out[f"{name} {k}"]["state_bytes_per_device"] for k in ("8x1", "4x2", "2x4"))
-        assert a2 < 0.65 * a1 and a4 < 0.65 * a2, (name, a1, a2, a4)
+        a2, a4 = (out[f"{name} {k}"]["state_bytes_per_device"] for k in ("4x2", "2x4"))
+        assert a2 < 0.65 * full and a4 < 0.65 * a2, (name, full, a2, a4)
 
     # a user rule: replicate everything but the embeddings
     rule = lambda path, shape: P("model") if path.endswith("word_embeddings/embedding") else P()
@@ -192,7 +193,7 @@ MODEL_AXIS_SCRIPT = textwrap.dedent(
 
 
 def test_model_axis_shards_parameters_and_gives_the_single_device_step():
-    """MAML over a small BERT classifier and over Conv-4 on 8 devices as 4 x 2, 2 x 4 and 8 x 1 ("tasks" x "model")
+    """MAML over a small BERT classifier and over Conv-4 on 8 devices as 4 x 2 and 2 x 4 ("tasks" x "model")
     equals one device to 1e-5, and the compiled per-device argument bytes shrink as the model axis grows."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, "-c", MODEL_AXIS_SCRIPT], capture_output=True, text=True, env=env,

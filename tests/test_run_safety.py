@@ -216,16 +216,19 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path
 
 
 def test_labels_beyond_the_model_outputs_are_an_error_naming_both():
-    data = np.random.default_rng(0).random((20, 6, 8, 8, 1)).astype(np.float32)
-    ten, five = fj.data.DeviceSampler(data, 10, 1, 2), fj.data.DeviceSampler(data, 5, 1, 2)
-    learner = fj.maml(fj.models.Conv4(num_classes=5, hidden=4, blocks=2), "xent", 0.1, 1)
+    images = np.random.default_rng(0).random((20, 6, 8, 8, 1)).astype(np.float32)
     message = r"the episodes have 10 classes \(labels 0..9\) but maml outputs 5 logits per example"
+    conv = fj.maml(fj.models.Conv4(num_classes=5, hidden=4, blocks=2), "xent", 0.1, 1)  # the case users meet first
     with pytest.raises(ValueError, match=message):
-        fj.meta_train(learner, optax.adam(1e-3), ten.sample, steps=2, meta_batch=2, key=jax.random.key(0),
-                      progress=False)
-    host = fj.data.HostSampler(data, 10, 1, 2)
+        fj.meta_train(conv, optax.adam(1e-3), fj.data.DeviceSampler(images, 10, 1, 2).sample, steps=2, meta_batch=2,
+                      key=jax.random.key(0), progress=False)
+    # every other entry point, with small MLPs on flattened images (quick to trace and, below, to compile)
+    data = images.reshape(20, 6, 64)
+    ten, five = fj.data.DeviceSampler(data, 10, 1, 2), fj.data.DeviceSampler(data, 5, 1, 2)
+    learner = fj.maml(fj.models.MLP(hidden=(8,), out=5), "xent", 0.1, 1)
     with pytest.raises(ValueError, match=message):
-        fj.meta_train(learner, optax.adam(1e-3), host, steps=2, meta_batch=2, key=jax.random.key(0), progress=False)
+        fj.meta_train(learner, optax.adam(1e-3), fj.data.HostSampler(data, 10, 1, 2), steps=2, meta_batch=2,
+                      key=jax.random.key(0), progress=False)
     params = learner.init(jax.random.key(0), five.sample_one(jax.random.key(1)))
     state = fj.TrainState.create(learner, params, optax.adam(1e-3))
     with pytest.raises(ValueError, match=message):  # at trace time, before anything runs
@@ -234,10 +237,11 @@ def test_labels_beyond_the_model_outputs_are_an_error_naming_both():
         fj.evaluate(learner, params, ten, episodes=4, key=jax.random.key(0))
     with pytest.raises(ValueError, match=message):
         fj.evaluate(learner, params, ten.sample(jax.random.key(0), 3))
+    protonet = fj.protonet(fj.models.MLP(hidden=(8,), out=4), ways=5)
     with pytest.raises(ValueError, match=r"protonet outputs 5 logits"):
-        fj.evaluate(fj.protonet(fj.models.Conv4(hidden=4, blocks=2), ways=5), params, ten, episodes=4,
+        fj.evaluate(protonet, protonet.init(jax.random.key(0), five.sample_one(jax.random.key(1))), ten, episodes=4,
                     key=jax.random.key(0))
-    wide = fj.maml(fj.models.Conv4(num_classes=20, hidden=4, blocks=2), "xent", 0.1, 1)
+    wide = fj.maml(fj.models.MLP(hidden=(8,), out=20), "xent", 0.1, 1)
     with pytest.warns(UserWarning, match=r"maml outputs 20 logits per example for 5-way episodes"):
         fj.meta_train(wide, optax.adam(1e-3), five.sample, steps=1, meta_batch=2, key=jax.random.key(0),
                       progress=False)
