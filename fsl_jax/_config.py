@@ -121,6 +121,26 @@ def describe(value: Any, depth: int = 0) -> Any:
     return f"<{type(value).__qualname__}>"
 
 
+def key_path(keys: tuple) -> str:
+    """A pytree key path as ``opt_state/0/mu/params/w``: the same string whether a level is a NamedTuple (an orbax
+    checkpoint stores those as dicts), a dict or a list.
+
+    Example:
+      >>> import jax
+      >>> [key_path(p) for p, _ in jax.tree_util.tree_leaves_with_path({"a": [1, {"b": 2}]})]
+      ['a/0', 'a/1/b']
+    """
+    parts = []
+    for k in keys:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         out: dict[str, Any] = {}

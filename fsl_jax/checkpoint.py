@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from fsl_jax._config import config_diff
+from fsl_jax._config import config_diff, key_path
 from fsl_jax.step import TrainState
 
 
@@ -110,25 +110,12 @@ def latest_step(directory: str | os.PathLike) -> int | None:
     return max(steps) if steps else None
 
 
-def _path(keys: tuple) -> str:
-    """``opt_state/0/mu/params/w`` for a key path, whether a level is a NamedTuple (stored as a dict) or a dict."""
-    parts = []
-    for k in keys:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
-
 def _check_structure(manager: ocp.CheckpointManager, step: int, target: dict, where: str) -> None:
     """Compares the checkpoint's array tree (from its metadata) with ``target``: a mismatch is a ``ValueError``."""
     stored = manager.item_metadata(step)["state"]
     stored_tree = getattr(stored, "tree", stored)
-    flat_stored = {_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(stored_tree)}
-    flat_target = {_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(target)}
+    flat_stored = {key_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(stored_tree)}
+    flat_target = {key_path(p): v for p, v in jax.tree_util.tree_leaves_with_path(target)}
     if set(flat_stored) != set(flat_target):
         only_stored = sorted(set(flat_stored) - set(flat_target))[:3]
         only_target = sorted(set(flat_target) - set(flat_stored))[:3]

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from fsl_jax._config import key_path
 from fsl_jax.tasks import Task
 
 TASK_AXIS = "tasks"
@@ -313,18 +314,6 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 # ------------------------------------------------------------------------------------------- parameter sharding
 
 
-def _path(keys: tuple) -> str:
-    parts = []
-    for k in keys:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
-
 def fsdp_spec(path: str, shape: tuple, model: int) -> PartitionSpec:
     """The default rule: a weight (2 or more dimensions) is split along its largest dimension that ``model``
     divides; vectors and scalars (biases, norm scales, counters) stay replicated.
@@ -367,7 +356,7 @@ def state_shardings(tree: Any, mesh: Mesh, rule: ParamRule | None = None) -> Any
         raise TypeError(f"param_rule must be a callable (path, shape) -> PartitionSpec, got {type(rule).__name__}")
 
     def spec(keys, leaf):
-        path, shape = _path(keys), tuple(np.shape(leaf))
+        path, shape = key_path(keys), tuple(np.shape(leaf))
         if rule is not None:
             chosen = rule(path, shape)
             if not isinstance(chosen, PartitionSpec):

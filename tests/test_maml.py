@@ -9,6 +9,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import fsl_jax as fj
+from jaxpr_tools import REMAT, primitive_names
 from fsl_jax.learners.base import mse_loss
 
 
@@ -205,22 +206,6 @@ def test_meta_sgd_meta_gradient_is_second_order():
         assert _rel_diff(fo_w, g_w) > 1e-2 and _rel_diff(fo_lr, g_lr) > 1e-2
 
 
-_REMAT = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive.name  # this JAX's name for jax.checkpoint
-
-
-def primitive_names(jaxpr):
-    """Every primitive in ``jaxpr`` and in the jaxprs nested in its equations (scan / cond / remat bodies)."""
-    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-    names = []
-    for eqn in jaxpr.eqns:
-        names.append(eqn.primitive.name)
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
-                    names.extend(primitive_names(sub))
-    return names
-
-
 @pytest.mark.parametrize("maker", [fj.maml, fj.anil, fj.meta_sgd], ids=["maml", "anil", "meta_sgd"])
 def test_remat_is_in_the_meta_gradient_jaxpr(maker):
     """remat=True puts a jax.checkpoint in the meta-gradient's program (and remat=False none), with the same
@@ -234,7 +219,7 @@ def test_remat_is_in_the_meta_gradient_jaxpr(maker):
         meta_grad = jax.grad(lambda p: fj.meta_loss(learner, p, task, jax.random.key(2))[0])
         names = primitive_names(jax.make_jaxpr(meta_grad)(params))
         assert "scan" in names
-        assert (_REMAT in names) == remat, (remat, sorted(set(names)))
+        assert (REMAT in names) == remat, (remat, sorted(set(names)))
         grads[remat] = ravel_pytree(meta_grad(params))[0]
     np.testing.assert_allclose(grads[True], grads[False], rtol=1e-5, atol=1e-7)
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import fsl_jax as fj
+from jaxpr_tools import REMAT, primitive_names
 from fsl_jax.data.text import TextDataset, bbc_news, few_shot_split, load_text_file, tokenize, tokenize_classes
 from fsl_jax.llm import finetune as ft
 from fsl_jax.llm.finetune import METHODS, FewShotTextClassifier, sample_pairs
@@ -337,22 +338,6 @@ def test_text_cli_head_on_a_tiny_csv(tiny_bert, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ meta-learning
-
-REMAT = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive.name  # this JAX's name for jax.checkpoint
-
-
-def primitive_names(jaxpr):
-    """Every primitive in ``jaxpr`` and in the jaxprs nested in its equations (scan / cond / remat bodies)."""
-    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-    names = []
-    for eqn in jaxpr.eqns:
-        names.append(eqn.primitive.name)
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
-                    names.extend(primitive_names(sub))
-    return names
-
 
 def test_second_order_maml_over_bert_matches_a_hand_written_meta_gradient(tiny_bert):
     """fj.maml over the BERT classifier (token-id tasks): its meta-gradient equals grad of
