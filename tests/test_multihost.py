@@ -155,14 +155,18 @@ def test_a_killed_process_stops_the_others_and_a_restart_resumes(tmp_path):
         t0 = time.time()
         procs[0].wait(timeout=120)
         elapsed = time.time() - t0
-        _, err = procs[0].communicate()
+        out, err = procs[0].communicate()
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
     assert procs[0].returncode != 0, "the surviving process finished instead of stopping"
     assert elapsed < 90, f"the surviving process took {elapsed:.0f} s to stop (heartbeat timeout 10 s)"
-    assert "another task died" in err or "heartbeat" in err.lower() or "UNAVAILABLE" in err, err[-2000:]
+    # Either the coordination service notices the missing heartbeat, or the survivor is inside a collective
+    # when its peer's socket closes and gloo aborts the process: both stop it, neither trains on alone.
+    died = ("another task died", "heartbeat", "UNAVAILABLE", "gloo")
+    assert any(d.lower() in err.lower() for d in died), err[-2000:]
+    assert "done" not in out and "STOPPED" not in out, out
     last = fj.latest_step(ckpt)
     assert last is not None and last < 60, "the run finished before the kill"
     outputs = _run("train", tmp_path / "run", 2, 60, ckpt)
