@@ -24,6 +24,9 @@ class Task(NamedTuple):
       query_y: query targets, like ``support_y``.
       support_mask: optional ``[n_support]`` weights (1 = real example, 0 = padding) for ragged tasks.
       query_mask: optional ``[n_query]`` weights, likewise.
+      way_mask: optional ``[max_ways]`` 0/1 values for an episode padded to a fixed number of classes (see
+        :mod:`fsl_jax.data.episodes`): classes whose entry is 0 are padding and get no probability; labels index the
+        classes whose entry is 1.
 
     Example:
       >>> import jax.numpy as jnp, fsl_jax as fj
@@ -38,6 +41,7 @@ class Task(NamedTuple):
     query_y: Array
     support_mask: Array | None = None
     query_mask: Array | None = None
+    way_mask: Array | None = None
 
     @property
     def num_support(self) -> int:
@@ -117,6 +121,11 @@ def validate_task(task: Task, *, batched: bool = False, num_ways: int | None = N
         mask = getattr(task, name)
         if mask is not None and _shape(name, mask) != ref[: lead + 1]:
             raise ValueError(f"Task.{name} must have shape {ref[: lead + 1]}, got {_shape(name, mask)}")
+    if task.way_mask is not None:
+        wm = _shape("way_mask", task.way_mask)
+        if len(wm) != lead + 1 or (batched and wm[0] != sx[0]):
+            what = "[tasks, max_ways]" if batched else "[max_ways]"
+            raise ValueError(f"Task.way_mask must have shape {what}, got {wm}")
     for name in ("support_x", "query_x"):
         value = getattr(task, name)
         dtype = np.dtype(value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype)
