@@ -4,10 +4,11 @@ from fsl_jax.data import text
 
 from fsl_jax.data.glyphs import glyphs
 from fsl_jax.data.images import ClassDataset, digits, mini_imagenet, omniglot
+from fsl_jax.data.padding import pad_task
 from fsl_jax.data.sampler import DeviceSampler, HostSampler
 from fsl_jax.data.sinusoid import sinusoid_params, sinusoid_tasks
 
 __all__ = [
-    "ClassDataset", "DeviceSampler", "HostSampler", "digits", "glyphs", "mini_imagenet", "omniglot", "sinusoid_params",
-    "sinusoid_tasks", "text",
+    "ClassDataset", "DeviceSampler", "HostSampler", "digits", "glyphs", "mini_imagenet", "omniglot", "pad_task",
+    "sinusoid_params", "sinusoid_tasks", "text",
 ]
