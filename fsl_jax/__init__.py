@@ -8,7 +8,9 @@ Everything a user needs is importable from here::
 """
 
 from fsl_jax import data, llm, models, parallel, plots
-from fsl_jax.checkpoint import latest_step, read_checkpoint_config, restore_checkpoint, save_checkpoint
+from fsl_jax.checkpoint import (
+    latest_step, read_checkpoint_config, read_loader_state, restore_checkpoint, save_checkpoint,
+)
 from fsl_jax.evaluate import EvalResult, evaluate
 from fsl_jax.learners import (
     Learner, anil, cvae_classifier, maml, matching_net, meta_loss, meta_sgd, mse_loss, protonet, relation_net, reptile,
@@ -24,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClassificationReport", "ConfidenceInterval", "EvalResult", "History", "Learner", "NonFiniteError", "Task", "TrainState",
-    "TrainingInterrupted", "read_checkpoint_config", "run_config",
+    "TrainingInterrupted", "read_checkpoint_config", "read_loader_state", "run_config",
     "anil", "cvae_classifier", "data", "matching_net", "protonet", "relation_net", "siamese", "evaluate", "latest_step", "llm", "make_meta_step", "maml", "mean_ci", "meta_loss", "meta_sgd",
     "meta_train", "models", "mse_loss", "xent_loss", "parallel", "plot_accuracy_vs_shots", "plot_confusion_matrix",
     "plot_learning_curve",

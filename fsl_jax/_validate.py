@@ -60,7 +60,9 @@ def writable_dir(name: str, path: str) -> None:
 def source_ways(source: Any) -> int | None:
     """The static number of ways of a task source, when it has one (samplers and their bound ``sample``)."""
     owner = getattr(source, "__self__", source)
-    ways = getattr(owner, "ways", None)
+    ways = getattr(owner, "max_ways", None)  # padded episodes: the static number of classes
+    if ways is None:
+        ways = getattr(owner, "ways", None)
     return int(ways) if isinstance(ways, (int, np.integer)) and not isinstance(ways, bool) else None
 
 

@@ -40,7 +40,7 @@ def _payload(state: TrainState) -> dict:
 
 
 def save_checkpoint(directory: str | os.PathLike, state: TrainState, *, keep: int | None = 3,
-                    config: dict | None = None) -> int:
+                    config: dict | None = None, loader_state: dict | None = None) -> int:
     """Saves ``state`` as checkpoint number ``state.step`` under ``directory``; returns that step.
 
     Args:
@@ -48,6 +48,8 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainState, *, keep: in
       state: the train state.
       keep: how many of the newest checkpoints to keep (``None``: all).
       config: the run's configuration (JSON-able), stored beside the state and compared on restore.
+      loader_state: the position of the run's episode loader (JSON-able, see
+        :meth:`fsl_jax.data.EpisodeIterator.state`), read back with :func:`read_loader_state`.
 
     Raises:
       OSError: the checkpoint could not be written (folder not writable, disk full); the message names the folder
@@ -70,9 +72,13 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainState, *, keep: in
         raise ValueError(f"keep must be a positive int or None, got {keep!r}")
     if config is not None and not isinstance(config, dict):
         raise TypeError(f"config must be a dict or None, got {type(config).__name__}")
+    if loader_state is not None and not isinstance(loader_state, dict):
+        raise TypeError(f"loader_state must be a dict or None, got {type(loader_state).__name__}")
     step = int(state.step)
     previous = latest_step(directory)
     meta = {"config": config, "process_count": jax.process_count(), "time": time.time()}
+    if loader_state is not None:
+        meta["loader"] = loader_state
     try:
         with _manager(directory, keep) as manager:
             manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_payload(state)),
@@ -150,6 +156,26 @@ def read_checkpoint_config(directory: str | os.PathLike, step: int | None = None
         raise FileNotFoundError(f"directory {os.fspath(directory)!r} holds no checkpoint")
     with _manager(directory) as manager:
         return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"].get("config")
+
+
+def read_loader_state(directory: str | os.PathLike, step: int | None = None) -> dict | None:
+    """The episode loader's position stored with checkpoint ``step`` (default: the latest), or ``None``.
+
+    Example:
+      >>> import tempfile, jax, optax, fsl_jax as fj
+      >>> learner = fj.maml(fj.models.MLP((8,)), "mse")
+      >>> params = learner.init(jax.random.key(0), fj.task_at(fj.data.sinusoid_tasks(jax.random.key(1), 1, 5, 5), 0))
+      >>> state = fj.TrainState.create(learner, params, optax.sgd(0.1)).replace(step=4)
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...     _ = fj.save_checkpoint(tmp, state, loader_state={"next_index": 4})
+      ...     fj.read_loader_state(tmp)
+      {'next_index': 4}
+    """
+    step = latest_step(directory) if step is None else step
+    if step is None:
+        return None
+    with _manager(directory) as manager:
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"].get("loader")
 
 
 def restore_checkpoint(directory: str | os.PathLike, target: TrainState, *, step: int | None = None,

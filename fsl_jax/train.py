@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,10 +28,10 @@ import optax
 from fsl_jax import _validate, parallel
 from fsl_jax._config import describe
 from fsl_jax._progress import format_duration, progress as progress_bar
-from fsl_jax.checkpoint import latest_step, restore_checkpoint, save_checkpoint
+from fsl_jax.checkpoint import latest_step, read_loader_state, restore_checkpoint, save_checkpoint
 from fsl_jax.learners.base import Learner
 from fsl_jax.step import TaskSource, TrainState, batch_grads, make_meta_step  # noqa: F401 - re-exported
-from fsl_jax.tasks import task_at, validate_task
+from fsl_jax.tasks import Task, task_at, validate_task
 
 Array = Any
 
@@ -226,6 +226,26 @@ def host_rows(source: Any, num_tasks: int, index: int, start: int, stop: int) ->
     return whole if (start, stop) == (0, num_tasks) else jax.tree_util.tree_map(lambda x: x[start:stop], whole)
 
 
+def _is_loader(source: Any) -> bool:
+    """Whether ``source`` streams batches through its own prefetching iterator (an EpisodeLoader)."""
+    return callable(getattr(source, "iterate", None)) and hasattr(source, "seed")
+
+
+def _host_batches(source: Any, num_tasks: int, first: int, start: int, stop: int) -> Iterator[Task]:
+    """This process's rows of host batches ``first, first + 1, ...``: from the source's own prefetching iterator
+    (an :class:`~fsl_jax.data.EpisodeLoader`'s grain workers) when it has one, else built here on demand."""
+    if _is_loader(source):
+        return source.iterate(num_tasks, start_index=first, start=start, stop=stop)
+
+    def build() -> Iterator[Task]:
+        index = first
+        while True:
+            yield host_rows(source, num_tasks, index, start, stop)
+            index += 1
+
+    return build()
+
+
 def _say(message: str, enabled: bool) -> None:
     if enabled and jax.process_index() == 0:
         print(message, file=sys.stderr, flush=True)
@@ -383,6 +403,10 @@ def meta_train(
         state = restore_checkpoint(checkpoint_dir, state, config=config, allow_config_change=allow_config_change)
         parallel.sync("fsl_jax.meta_train.restored")
         restored = int(jax.device_get(state.step))
+        position = read_loader_state(checkpoint_dir) if _is_loader(source) else None
+        if position is not None and int(position.get("next_index", -1)) != restored:
+            raise ValueError(f"checkpoint_dir {checkpoint_dir!r}: the episode loader's stored position "
+                             f"{position.get('next_index')!r} does not match the checkpoint's step {restored}")
         if restored > steps:
             raise ValueError(f"checkpoint_dir {checkpoint_dir!r} holds a run already at step {restored}, past "
                              f"steps={steps}: raise steps to continue it, or use another checkpoint_dir")
@@ -428,17 +452,25 @@ def meta_train(
             return
         # never checkpoint a NaN state (a save reads the state back anyway)
         _raise_if_nonfinite(int(jax.device_get(state.first_nonfinite_step)), skip_nonfinite, checkpoint_dir, at)
-        save_checkpoint(checkpoint_dir, state, keep=keep, config=config)
+        # the loader's position is the next batch to train on (the iterator itself may have prefetched further)
+        position = {"next_index": at, "seed": source.seed} if _is_loader(source) else None
+        save_checkpoint(checkpoint_dir, state, keep=keep, config=config, loader_state=position)
         last_save_time, last_saved = time.perf_counter(), at
 
+    def to_devices(local: Task) -> Task:
+        return (parallel.global_tasks(local, mesh, meta_batch) if mesh is not None
+                else jax.tree_util.tree_map(jnp.asarray, local))
+
+    batches = _host_batches(source, meta_batch, start, *rows) if host else None
     try:
         with _StopSignals(handle_signals) as stop:
+            upcoming = to_devices(next(batches)) if host else None
             for i in range(start, steps):
                 if host:  # this process builds only its own rows of the global batch
-                    local = host_rows(source, meta_batch, i, *rows)
-                    tasks = (parallel.global_tasks(local, mesh, meta_batch) if mesh is not None
-                             else jax.tree_util.tree_map(jnp.asarray, local))
+                    tasks = upcoming
                     state, metrics = step_fn(state, tasks, jax.random.fold_in(run_key, i))
+                    if i + 1 < steps:  # batch i + 1 is built and sent to the devices while step i runs
+                        upcoming = to_devices(next(batches))
                 else:
                     state, metrics = step_fn(state, run_key)
                 if sync_each_step:
@@ -490,6 +522,8 @@ def meta_train(
         reason = type(exc).__name__
         raise
     finally:
+        if batches is not None and hasattr(batches, "close"):
+            batches.close()
         bar.close()
         log.write({"event": "stop", "step": done, "reason": reason, "seconds": round(time.perf_counter() - t0, 3)})
         log.close()

@@ -120,8 +120,9 @@ def test_metrics_are_appended_at_every_logging_point(tmp_path):
     learner = fj.maml(fj.models.MLP(hidden=(8,), out=2), "xent", 0.1, 1)
     fj.meta_train(learner, optax.sgd(0.1), sampler, steps=9, meta_batch=2, key=jax.random.key(0), log_every=3,
                   log_dir=tmp_path, progress=False)
-    # sample(index=0) for the example task, then one per step: rows logged after steps 3 and 6 are visible at once
-    assert seen == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    # sample(index=0) for the example task, then batch i + 1 while step i runs (before step i's logging point):
+    # rows logged after steps 3 and 6 are visible to the next batch built
+    assert seen == [0, 0, 0, 0, 0, 1, 1, 1, 2, 2]
     events = _events(tmp_path)
     assert [e["step"] for e in events if "event" not in e] == [3, 6, 9]
     assert events[0]["event"] == "start" and events[-1] == {**events[-1], "event": "stop", "reason": "finished"}

@@ -4,11 +4,13 @@ from fsl_jax.data import text
 
 from fsl_jax.data.glyphs import glyphs
 from fsl_jax.data.images import ClassDataset, digits, mini_imagenet, omniglot
+from fsl_jax.data.episodes import ArraySource, EpisodeSpec
 from fsl_jax.data.padding import pad_task
+from fsl_jax.data.pipeline import EpisodeIterator, EpisodeLoader
 from fsl_jax.data.sampler import DeviceSampler, HostSampler
 from fsl_jax.data.sinusoid import sinusoid_params, sinusoid_tasks
 
 __all__ = [
-    "ClassDataset", "DeviceSampler", "HostSampler", "digits", "glyphs", "mini_imagenet", "omniglot", "pad_task",
+    "ArraySource", "ClassDataset", "DeviceSampler", "EpisodeIterator", "EpisodeLoader", "EpisodeSpec", "HostSampler", "digits", "glyphs", "mini_imagenet", "omniglot", "pad_task",
     "sinusoid_params", "sinusoid_tasks", "text",
 ]
