@@ -90,6 +90,7 @@ def output_width(learner: Any, params: Any, task: Task) -> int | None:
     def predict(p, t, key):
         return learner.predict(p, learner.adapt(p, t, key), t.query_x)
 
+    task = task._replace(way_mask=None)  # the width is the model's, whatever the episode's padded ways
     out = jax.eval_shape(predict, _abstract(params), _abstract(task), jax.ShapeDtypeStruct((), jax.random.key(0).dtype))
     shape = getattr(out, "shape", None)
     return int(shape[-1]) if shape else None

@@ -1,10 +1,11 @@
 """Worker for test_kill_resume.py: meta-trains with checkpoints and writes the final parameters to an .npz.
 
-usage: resume_worker.py CKPT_DIR|- OUT.npz STEPS LOG_DIR [slow]
+usage: resume_worker.py CKPT_DIR|- OUT.npz STEPS LOG_DIR [slow|loader]
 
 Exits 0 when the run finished, 3 when a SIGINT / SIGTERM stopped it (after printing ``STOPPED <signal> <step>``).
 With ``slow``, every host-sampled batch takes two seconds, so a test can send a second signal while the first one
-waits for the step in flight.
+waits for the step in flight. With ``loader``, variable-way episodes come from an EpisodeLoader with one grain worker
+process (its position is stored with each checkpoint).
 """
 
 import functools
@@ -24,9 +25,13 @@ class SlowSampler(fj.data.HostSampler):
         return super().sample(num_tasks, index)
 
 
-def main(ckpt_dir: str, out: str, steps: int, log_dir: str, slow: bool) -> None:
+def main(ckpt_dir: str, out: str, steps: int, log_dir: str, mode: str) -> None:
     learner = fj.maml(fj.models.MLP(hidden=(32, 32)), "mse", inner_lr=0.01, inner_steps=2)
-    if slow:
+    if mode == "loader":
+        data = np.random.default_rng(0).normal(size=(12, 10, 3)).astype(np.float32)
+        source = fj.data.EpisodeLoader(data, ways=(2, 4), queries=2, seed=5, workers=1)
+        learner = fj.maml(fj.models.MLP(hidden=(8,), out=4), "xent", inner_lr=0.1, inner_steps=1)
+    elif mode == "slow":
         source = SlowSampler(np.random.default_rng(0).normal(size=(6, 10, 3)).astype(np.float32), 2, 2, 2)
         learner = fj.maml(fj.models.MLP(hidden=(8,), out=2), "xent", inner_lr=0.1, inner_steps=1)
     else:
@@ -43,4 +48,4 @@ def main(ckpt_dir: str, out: str, steps: int, log_dir: str, slow: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], len(sys.argv) > 5 and sys.argv[5] == "slow")
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else "")

@@ -118,3 +118,34 @@ def test_a_second_signal_exits_at_once_without_saving(tmp_path):
             victim.kill()
     assert victim.returncode == -signal.SIGINT, victim.returncode  # the default action: no save, no exit(3)
     assert elapsed < 1.5, f"the second SIGINT took {elapsed:.2f} s (the step in flight needs 2 s)"
+
+
+def test_sigkill_with_an_episode_loader_resumes_bit_identically(tmp_path):
+    """Variable-way episodes from an EpisodeLoader with a grain worker process: the checkpoint stores the loader's
+    position (the next batch to train on), and a run killed at a random moment and resumed ends bit-identical."""
+    run = _run("-", tmp_path / "reference.npz", tmp_path / "ref_logs", "loader")
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err
+    ref_step, ref_leaves = _load(tmp_path / "reference.npz")
+    ckpt, logs = tmp_path / "ckpt", tmp_path / "logs"
+    victim = _run(ckpt, tmp_path / "never.npz", logs, "loader")
+    try:
+        _wait_for_checkpoint(victim, ckpt)
+        time.sleep(random.uniform(0.0, 0.5))
+        victim.kill()
+        victim.communicate(timeout=60)  # returns once the grain workers, which hold its pipes, have exited too
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    stopped_at = fj.latest_step(ckpt)
+    assert stopped_at is not None and stopped_at < STEPS
+    assert fj.read_loader_state(ckpt) == {"next_index": stopped_at, "seed": 5}
+    resumed = _run(ckpt, tmp_path / "resumed.npz", logs, "loader")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert f"resuming from step {stopped_at}" in err
+    step, leaves = _load(tmp_path / "resumed.npz")
+    assert step == ref_step == STEPS
+    for x, y in zip(leaves, ref_leaves):
+        np.testing.assert_array_equal(x, y)
+    assert _rows(logs)[0] == _rows(tmp_path / "ref_logs")[0]

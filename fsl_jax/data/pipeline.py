@@ -114,8 +114,9 @@ class EpisodeLoader:
         self.feature_shape = shapes.pop()
         need = self.spec.min_examples()
         for k, source in enumerate(self.sources):
+            name = f"sources[{k}]" if len(self.sources) > 1 else "sources"
             if self.spec.min_ways > source.num_classes:
-                raise ValueError(f"ways={ways!r} needs {self.spec.min_ways} classes but sources[{k}] has "
+                raise ValueError(f"ways={ways!r} needs {self.spec.min_ways} classes but {name} has "
                                  f"{source.num_classes}")
             small = np.flatnonzero(np.asarray(source.counts) < need)
             if len(small):
@@ -123,7 +124,7 @@ class EpisodeLoader:
                 folder = getattr(source, "files", None)
                 where = f" ({source.root}/{source.class_names[c]})" if folder is not None else ""
                 raise ValueError(
-                    f"class {source.class_names[c]!r}{where} of sources[{k}] has {int(source.counts[c])} images, fewer "
+                    f"class {source.class_names[c]!r}{where} of {name} has {int(source.counts[c])} images, fewer "
                     f"than the {need} an episode needs ({len(small)} such classes); drop them with "
                     f"fj.data.image_folder(..., min_per_class={need}, small_classes='skip')")
         if weights is None:
@@ -203,6 +204,22 @@ def _stack(episodes: list[dict[str, np.ndarray]]) -> Task:
     return Task(**fields)
 
 
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """grain's worker_init_fn: a worker whose training process died (SIGKILL, preemption) exits within a second
+    instead of living on as an orphan."""
+    import os
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fsl_jax-parent-watch", daemon=True).start()
+
+
 class _BuildBatch:
     """Batch ``i`` -> the rows of it this process builds (picklable: grain sends it to the workers)."""
 
@@ -234,7 +251,7 @@ class EpisodeIterator(Iterator[Task]):
             grain = _grain()
             dataset = grain.MapDataset.range(start_index, _END).map(self._build).to_iter_dataset()
             options = grain.MultiprocessingOptions(num_workers=loader.workers, per_worker_buffer_size=loader.buffer)
-            self._iterator = iter(dataset.mp_prefetch(options))
+            self._iterator = iter(dataset.mp_prefetch(options, worker_init_fn=_exit_with_parent))
         else:
             self._iterator = None
 
