@@ -2,6 +2,7 @@
 
 from fsl_jax.data import text
 
+from fsl_jax.data.folders import ImageFolder, image_folder, write_image_folder
 from fsl_jax.data.glyphs import glyphs
 from fsl_jax.data.images import ClassDataset, digits, mini_imagenet, omniglot
 from fsl_jax.data.episodes import ArraySource, EpisodeSpec
@@ -11,6 +12,7 @@ from fsl_jax.data.sampler import DeviceSampler, HostSampler
 from fsl_jax.data.sinusoid import sinusoid_params, sinusoid_tasks
 
 __all__ = [
-    "ArraySource", "ClassDataset", "DeviceSampler", "EpisodeIterator", "EpisodeLoader", "EpisodeSpec", "HostSampler", "digits", "glyphs", "mini_imagenet", "omniglot", "pad_task",
-    "sinusoid_params", "sinusoid_tasks", "text",
+    "ArraySource", "ClassDataset", "DeviceSampler", "EpisodeIterator", "EpisodeLoader", "EpisodeSpec", "HostSampler",
+    "ImageFolder", "digits", "glyphs", "image_folder", "mini_imagenet", "omniglot", "pad_task", "sinusoid_params",
+    "sinusoid_tasks", "text", "write_image_folder",
 ]

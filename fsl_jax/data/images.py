@@ -17,9 +17,11 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
+from fsl_jax.data.folders import _IMAGE_SUFFIXES  # noqa: F401  (kept importable from here)
+from fsl_jax.data.folders import ImageFolder, _decode_image, _list_folders, _list_images
+
 _OMNIGLOT_SPLITS = ("background", "evaluation")
 _MINI_IMAGENET_SPLITS = ("train", "val", "test")
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _OMNIGLOT_LAYOUT = "root/images_{split}/<Alphabet>/<characterXX>/*.png"
 _MINI_IMAGENET_LAYOUT = (
     "root/{split}.csv (header 'filename,label') with images in root/images/<filename>, "
@@ -60,22 +62,12 @@ def _check_split(split: Any, allowed: tuple[str, ...]) -> str:
 
 
 def _load_image(path: Path, size: int, mode: str) -> np.ndarray:
-    """Reads one image file as uint8 ``[size, size, channels]`` in PIL ``mode`` ("L" or "RGB").
+    """Reads one image file as uint8 ``[size, size, channels]`` in PIL ``mode`` ("L" or "RGB") (the decoding of
+    :func:`fsl_jax.data.image_folder`).
 
     Raises ``FileNotFoundError`` when the file is missing and ``ValueError`` naming the file when it cannot be decoded.
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"image file {str(path)!r} does not exist")
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode now so truncated files fail here, not later
-            image = image.convert(mode)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"cannot read image file {str(path)!r}: {error}") from error
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
-    array = np.asarray(image, dtype=np.uint8)
-    return array[..., None] if array.ndim == 2 else array
+    return _decode_image(path, (size, size), mode)
 
 
 def _stack_classes(classes: list[list[np.ndarray]]) -> np.ndarray:
@@ -106,10 +98,6 @@ def digits() -> ClassDataset:
     count = min(len(examples) for examples in per_class)
     data = np.stack([examples[:count] for examples in per_class])[..., None]
     return ClassDataset(data, tuple(str(label) for label in range(10)), "all")
-
-
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)
 
 
 def omniglot(root: str | os.PathLike[str], split: str = "background", size: int = 28) -> ClassDataset:
@@ -162,17 +150,17 @@ def omniglot(root: str | os.PathLike[str], split: str = "background", size: int 
     folder = root if root.name == f"images_{split}" else root / f"images_{split}"
     if not folder.is_dir():
         raise FileNotFoundError(f"Omniglot folder {str(folder)!r} does not exist; expected layout {layout}")
-    alphabets = sorted(p for p in folder.iterdir() if p.is_dir())
-    characters = [c for a in alphabets for c in sorted(p for p in a.iterdir() if p.is_dir())]
-    if not characters:
+    # the listing and decoding of fj.data.image_folder, with <Alphabet>/<character> folders as the classes
+    names = [f"{a}/{c}" for a in _list_folders(folder) for c in _list_folders(folder / a)]
+    if not names:
         raise ValueError(f"no <Alphabet>/<character> folders in {str(folder)!r}; expected layout {layout}")
-    classes, names = [], []
-    for character in characters:
-        files = _image_files(character)
-        if not files:
-            raise ValueError(f"character folder {str(character)!r} holds no images; expected layout {layout}")
-        classes.append([255 - _load_image(f, size, "L") for f in files])
-        names.append(f"{character.parent.name}/{character.name}")
+    files = []
+    for name in names:
+        files.append(_list_images(folder / name))
+        if not files[-1]:
+            raise ValueError(f"character folder {str(folder / name)!r} holds no images; expected layout {layout}")
+    source = ImageFolder(folder, names, files, size, channels=1)
+    classes = [255 - source.load_many(c, np.arange(count)) for c, count in enumerate(source.counts)]
     return ClassDataset(_stack_classes(classes), tuple(names), split)
 
 
