@@ -84,9 +84,10 @@ def equivalence(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("run", ["device", "host", "metric"])
+@pytest.mark.parametrize("run", ["device", "host", "loader", "metric"])
 def test_two_processes_end_where_one_does(equivalence, run):
-    """Device-side source (SPMD from one key), HostSampler (each process builds its own rows) and ProtoNet."""
+    """Device-side source (SPMD from one key), HostSampler and EpisodeLoader (each process builds its own rows) and
+    ProtoNet."""
     _assert_close(equivalence / "1x8" / f"{run}.npz", equivalence / "2x4" / f"{run}.npz", rtol=1e-5, atol=1e-6)
 
 

@@ -67,6 +67,9 @@ class EpisodeLoader:
     padded to static shapes (see :mod:`fsl_jax.data.episodes`): ``support_mask``, ``query_mask`` and ``way_mask``
     mark what is real.
 
+    Worker processes are started with ``spawn`` (forking a process that runs JAX is unsafe) and import the main
+    script again: a script that uses ``workers > 0`` runs its code under ``if __name__ == "__main__":``.
+
     Classes with fewer images than an episode needs (``shots + queries``; 2 for Meta-Dataset's rules) are an error
     naming the class; drop them up front with ``fj.data.image_folder(..., min_per_class=n, small_classes="skip")``.
 
