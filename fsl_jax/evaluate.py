@@ -92,6 +92,9 @@ def evaluate(
     Returns:
       An :class:`EvalResult`; ``str(result)`` reads e.g. ``accuracy 97.10 +- 0.40 % (600 episodes)``.
 
+    Padded episodes (:func:`fsl_jax.data.pad_task`): each episode's score is over its real queries (``query_mask``)
+    and real classes (``way_mask``), exactly the unpadded episode's score; every episode counts once in the mean.
+
     Example:
       >>> import functools, jax, fsl_jax as fj
       >>> learner = fj.maml(fj.models.MLP(), "mse", inner_lr=0.01)
@@ -130,7 +133,9 @@ def evaluate(
 
     if isinstance(source, Task):
         validate_task(source, batched=True)
-        _validate.check_output_width(learner, params, task_at(source, 0))
+        # Episodes padded to a number of classes (way_mask): the model's width is checked against that number.
+        padded_ways = None if source.way_mask is None else int(np.shape(source.way_mask)[-1])
+        _validate.check_output_width(learner, params, task_at(source, 0), padded_ways)
         key = jax.random.key(0) if key is None else key
         total = int(np.shape(source.support_x)[0])
         batch_size = -(-batch_size // devices) * devices

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from fsl_jax._config import records_config
-from fsl_jax.learners.base import Learner, resolve_loss
+from fsl_jax.learners.base import Learner, resolve_loss, way_mask_kwargs
 from fsl_jax.tasks import Task
 
 Array = Any
@@ -125,7 +125,7 @@ def _make(
         def support_loss(fast_params):
             full = {**others, "params": {**fixed, **fast_params}}
             predictions = model.apply(full, task.support_x)
-            return loss_fn(predictions, task.support_y, task.support_mask)
+            return loss_fn(predictions, task.support_y, task.support_mask, **way_mask_kwargs(task))
 
         fast = inner_loop(support_loss, fast, lrs, inner_steps, first_order=first_order, remat=remat)
         return {**others, "params": {**fixed, **fast}}
@@ -151,6 +151,12 @@ def maml(
     ``params = learner.init(key, task)`` is exactly the Flax variables that ``model.init`` returns. ``adapt`` runs
     ``inner_steps`` SGD steps on the support loss (a ``lax.scan``); the meta-gradient is ``jax.grad`` through it, so
     it is second order unless ``first_order=True`` (FOMAML).
+
+    Padded tasks (:func:`fsl_jax.data.pad_task`): the support loss is weighted by ``support_mask`` and, with a
+    ``way_mask``, leaves the padded classes out of the softmax, so the head's columns of padded classes get no
+    gradient, inner or outer, and the real columns adapt as in the unpadded task. The model must treat rows
+    independently (no batch-statistics norm) for the padded task to give exactly the unpadded result. The same
+    holds for :func:`anil`, :func:`meta_sgd` and :func:`fsl_jax.reptile`.
 
     Args:
       model: a ``flax.linen.Module`` applied to one task's inputs, ``model.apply(variables, x)``.

@@ -31,8 +31,10 @@ def _attention(queries: Array, support: Array, mask: Array | None, temperature: 
 class FullContextEmbedding(nn.Module):
     """The full-context embeddings of Matching Networks, on ``[n, features]`` embeddings.
 
-    ``support(g)``: ``g(x_i, S) = g'(x_i) + h_fwd_i + h_bwd_i`` with a bidirectional LSTM (hidden size ``features``)
-    run over the support set in its given order.
+    ``support(g, mask=None)``: ``g(x_i, S) = g'(x_i) + h_fwd_i + h_bwd_i`` with a bidirectional LSTM (hidden size
+    ``features``) run over the support set in its given order. With a ``mask``, the LSTMs run over the real rows
+    only (in their given order, wherever the padded rows sit): a real row's embedding is the one of the support set
+    without the padding; padded rows get finite values that mean nothing.
 
     ``query(f, g)``: the attention LSTM, ``steps`` times: ``h_hat, c = LSTM(f'(x), (h + r, c))``, ``h = h_hat + f'(x)``,
     ``r = attention(h, g) @ g``; returns ``h``. The paper's hidden state is the concatenation ``[h, r]``; the sum
@@ -50,8 +52,19 @@ class FullContextEmbedding(nn.Module):
         )
         self.cell = nn.OptimizedLSTMCell(self.features)
 
-    def support(self, g: Array) -> Array:
-        return g + self.bilstm(g[None])[0]
+    def support(self, g: Array, mask: Array | None = None) -> Array:
+        zeros = jnp.zeros((1, g.shape[-1]), g.dtype)  # the LSTMs' zero initial state, in g's dtype (not float32)
+        initial = ((zeros, zeros), (zeros, zeros))
+        if mask is None:
+            return g + self.bilstm(g[None], initial_carry=initial)[0]
+        real = mask > 0
+        # Real rows first (a stable sort keeps their order), then the LSTMs stop at their count (seq_lengths): the
+        # backward LSTM starts from the last real row, and no padded row reaches a real row's state.
+        order = jnp.argsort(~real, stable=True)
+        lengths = jnp.sum(real, dtype=jnp.int32)[None]
+        context = self.bilstm(jnp.where(real[:, None], g, 0)[order][None], initial_carry=initial,
+                              seq_lengths=lengths)[0]
+        return g + context[jnp.argsort(order)]
 
     def query(self, f: Array, g: Array, mask: Array | None = None) -> Array:
         h = jnp.zeros_like(f)
@@ -96,8 +109,13 @@ def matching_net(
 
     With ``fce=True`` (full-context embeddings, :class:`FullContextEmbedding`): support embeddings go through a
     bidirectional LSTM with a skip connection; each query embedding is refined by ``fce_steps`` steps of an attention
-    LSTM reading the support set. Masked support examples are excluded from every attention, but still pass through
-    the bidirectional LSTM (with their embeddings zeroed). The LSTMs' width equals the embedding width.
+    LSTM reading the support set. Masked support examples are excluded from every attention and skipped by the
+    bidirectional LSTM (it runs over the real examples only, in their order). The LSTMs' width equals the embedding
+    width.
+
+    Padded tasks (:func:`fsl_jax.data.pad_task`): padded support rows get zero attention and no label mass; with a
+    ``way_mask`` the loss leaves the padded classes (whose log-probabilities are ``log(eps)``) out of the softmax,
+    so the loss and meta-gradient are those of the unpadded task with ``ways`` equal to its number of classes.
 
     Args:
       encoder: a ``flax.linen.Module`` mapping inputs to embeddings, e.g. ``fj.models.Conv4()``.
@@ -148,9 +166,7 @@ def matching_net(
         g = embed(encoder, encoder_vars(params), task.support_x)
         mask = task.support_mask
         if fce:
-            if mask is not None:
-                g = g * mask.astype(g.dtype)[:, None]
-            g = FullContextEmbedding(g.shape[-1], fce_steps).apply(params["fce"], g, method="support")
+            g = FullContextEmbedding(g.shape[-1], fce_steps).apply(params["fce"], g, mask, method="support")
         mask = jnp.ones(g.shape[:1], g.dtype) if mask is None else mask.astype(g.dtype)
         return {"support": g, "labels": class_weights(task.support_y, ways, mask, g.dtype), "mask": mask}
 

@@ -127,6 +127,11 @@ def protonet(
     The encoder sees the support set and the query set in separate calls, so a batch-statistics norm
     (``Conv4(norm="batch")``) normalises each with its own statistics.
 
+    Padded tasks (:func:`fsl_jax.data.pad_task`): prototypes come from the real support rows only, and with a
+    ``way_mask`` the loss leaves the padded classes (zero prototypes) out of the softmax, so the loss and
+    meta-gradient are those of the unpadded task with ``ways`` equal to its number of classes (given an encoder that
+    treats rows independently: not ``norm="batch"``).
+
     Args:
       encoder: a ``flax.linen.Module`` mapping ``[n, *input]`` to ``[n, *features]`` (flattened), e.g.
         ``fj.models.Conv4()`` (``num_classes=None``).

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from fsl_jax._config import records_config
-from fsl_jax.learners.base import Learner, mse_loss
+from fsl_jax.learners.base import Learner, _check_way_mask, _weighted_mean
 from fsl_jax.learners.protonet import check_module, check_ways, class_prototypes
 from fsl_jax.models.conv import Conv2d, Norm, max_pool_2x2
 from fsl_jax.tasks import Task
@@ -102,7 +102,9 @@ class RelationModule(nn.Module):
             raise ValueError(f"RelationModule expects pairs [n, h, w, c] or [n, d], got shape {x.shape}")
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x))
-        return nn.sigmoid(nn.Dense(1, dtype=self.dtype, name="fc2")(x))[:, 0].astype(jnp.float32)
+        # float32 at least (bfloat16 compute gives float32 scores), float64 when computing in float64.
+        return nn.sigmoid(nn.Dense(1, dtype=self.dtype, name="fc2")(x))[:, 0].astype(
+            jnp.promote_types(self.dtype, jnp.float32))
 
 
 def relation_pairs(queries: Array, prototypes: Array) -> Array:
@@ -122,16 +124,35 @@ def relation_pairs(queries: Array, prototypes: Array) -> Array:
     return pairs.reshape((n * ways,) + pairs.shape[2:])
 
 
-def relation_mse_loss(predictions: Array, labels: Array, mask: Array | None = None) -> Array:
+def relation_mse_loss(predictions: Array, labels: Array, mask: Array | None = None,
+                      way_mask: Array | None = None) -> Array:
     """Mean squared error between relation scores ``[n, ways]`` and the one-hot of integer ``labels`` ``[n]``.
+
+    Per example, the mean over the classes (only those whose ``way_mask`` entry is 1, when given: padded classes
+    count neither in the sum nor in the number of classes, so a padded task has the unpadded value); then the mean
+    over examples, weighted by ``mask``.
 
     Example:
       >>> import jax.numpy as jnp
       >>> float(relation_mse_loss(jnp.array([[1.0, 0.0], [0.5, 0.5]]), jnp.array([0, 1])))
       0.125
+      >>> float(relation_mse_loss(jnp.array([[1.0, 0.0, 0.9], [0.5, 0.5, 0.9]]), jnp.array([0, 1]),
+      ...                         way_mask=jnp.array([1, 1, 0])))  # the third class is padding
+      0.125
     """
+    predictions, labels = jnp.asarray(predictions), jnp.asarray(labels)
+    if predictions.ndim < 1 or labels.shape != predictions.shape[:-1]:
+        raise ValueError(f"relation_mse_loss needs scores [n, ways] and labels [n], got scores of shape "
+                         f"{predictions.shape} and labels of shape {labels.shape}")
     targets = jax.nn.one_hot(labels, predictions.shape[-1], dtype=predictions.dtype)
-    return mse_loss(predictions, targets, mask)
+    squared = jnp.square(predictions - targets)
+    if way_mask is None:
+        per_example = jnp.mean(squared, axis=-1)
+    else:
+        real = _check_way_mask(way_mask, predictions.shape[-1]) > 0
+        count = jnp.maximum(jnp.sum(real), 1).astype(predictions.dtype)
+        per_example = jnp.sum(jnp.where(real, squared, 0), axis=-1) / count
+    return _weighted_mean(per_example, mask)
 
 
 @records_config
@@ -148,6 +169,12 @@ def relation_net(
       ``"mean"`` of the class's support embeddings (masked by ``support_mask``).
     * ``predict``: ``[n, ways]`` relation scores in [0, 1] (sigmoid outputs, not logits; arg-max is the prediction).
     * ``loss``: :func:`relation_mse_loss`, MSE to the one-hot labels, as in the paper.
+
+    Padded tasks (:func:`fsl_jax.data.pad_task`): padded support rows are left out of the class features, and with a
+    ``way_mask`` the loss averages over the real classes only, so the loss and meta-gradient are those of the unpadded
+    task (with ``ways`` its number of classes). Exact only when the encoder and the relation module treat rows
+    independently: ``norm="batch"`` (the default of :class:`RelationEncoder` and :class:`RelationModule`) normalises
+    with statistics over all rows and pairs, padding included; use ``norm="layer"`` or ``"none"`` with padding.
 
     Args:
       encoder: a ``flax.linen.Module``; keep spatial maps (:class:`RelationEncoder`) for the paper's conv relation

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from fsl_jax._config import records_config
-from fsl_jax.learners.base import Learner, accuracy
+from fsl_jax.learners.base import Learner, accuracy, way_mask_kwargs
 from fsl_jax.learners.maml import maml
 from fsl_jax.tasks import Task
 
@@ -36,6 +36,9 @@ def reptile(
       inner_lr: inner SGD learning rate.
       inner_steps: inner SGD steps (Reptile needs more than one to differ from joint training).
 
+    Padded tasks: as in :func:`fsl_jax.maml` (masked support loss), so the Reptile direction of a padded task is the
+    unpadded one, and 0 on the head's columns of padded classes.
+
     Example:
       >>> import fsl_jax as fj
       >>> learner = fj.reptile(fj.models.MLP((40, 40), 1), "mse", inner_lr=0.02, inner_steps=5)
@@ -52,10 +55,10 @@ def reptile(
             for name, tree in params.items()
         }
         predictions = base.predict(params, adapted, task.query_x)
-        query_loss = base.loss(predictions, task.query_y, task.query_mask)
+        query_loss = base.loss(predictions, task.query_y, task.query_mask, **way_mask_kwargs(task))
         aux = {"query_loss": query_loss}
         if base.kind == "classification":
-            aux["accuracy"] = accuracy(predictions, task.query_y, task.query_mask)
+            aux["accuracy"] = accuracy(predictions, task.query_y, task.query_mask, task.way_mask)
         return grads, (query_loss, aux)
 
     return base._replace(meta_grad=meta_grad, name="reptile")

@@ -64,8 +64,8 @@ def _scaled_gradient(loss_fn, weight: float):
     if weight == 1.0:
         return loss_fn
 
-    def scaled(predictions, targets, mask=None):
-        value = loss_fn(predictions, targets, mask)
+    def scaled(predictions, targets, mask=None, **kwargs):
+        value = loss_fn(predictions, targets, mask, **kwargs)
         return jax.lax.stop_gradient(value) + weight * (value - jax.lax.stop_gradient(value))
 
     return scaled
@@ -108,6 +108,10 @@ def siamese(
       positive and half negative, each from a uniformly drawn anchor to a uniformly drawn eligible partner.
     * ``loss``: the query cross-entropy of the nearest-neighbour logits, whose gradient is scaled by
       ``query_loss_weight`` (0: the contrastive term alone trains the encoder; see the module docstring).
+
+    Padded tasks (:func:`fsl_jax.data.pad_task`): padded rows are in no pair and are nobody's nearest neighbour,
+    padded classes get no probability (``way_mask`` in the loss), and sampled pairs depend only on the real examples
+    and their order, so the loss and meta-gradient equal the unpadded task's for the same key.
 
     Args:
       encoder: a ``flax.linen.Module`` mapping inputs to embeddings.
@@ -167,8 +171,13 @@ def siamese(
             return contrastive_loss(sq, same, margin, allowed)
         half = pairs // 2
         # Uniform choice among eligible indices = arg-max of uniform noise over them (one random draw for all; drawn
-        # flat and reshaped: XLA:CPU compiles multi-dimensional draws under vmap many times slower).
-        noise = jax.random.uniform(key, (2 * 2 * half * y.shape[0],)).reshape(2, 2 * half, y.shape[0])
+        # flat and reshaped: XLA:CPU compiles multi-dimensional draws under vmap many times slower). Each example's
+        # noise is the slice of the draw at its rank among the real examples, so padding (wherever it sits) leaves
+        # the pairs drawn for a key unchanged: threefry draws are prefix-consistent (jax_threefry_partitionable).
+        n = y.shape[0]
+        rank = jnp.clip(jnp.cumsum(valid) - 1, 0, n - 1)
+        noise = jax.random.uniform(key, (n * 2 * 2 * half,)).reshape(n, 2, 2 * half)[rank]
+        noise = jnp.moveaxis(noise, 0, -1)  # [2, 2 * half, n]
         anchors = jnp.argmax(jnp.where(valid[None], noise[0], -1.0), axis=1)
         eligible = jnp.concatenate([(allowed & same)[anchors[:half]], (allowed & ~same)[anchors[half:]]])
         partners = jnp.argmax(jnp.where(eligible, noise[1], -1.0), axis=1)

@@ -169,6 +169,11 @@ def cvae_classifier(
     * ``predict``: ``[n, ways]`` per-class estimates of ``log p(x|c)`` (logits).
     * ``extra_loss``: ``elbo_weight`` * negative ELBO per input dimension of the support and query inputs.
 
+    Padded tasks (:func:`fsl_jax.data.pad_task`): padded support rows are left out of the class latents, padded rows
+    out of the ELBO (whose noise depends only on the real examples and their order), and padded classes get no
+    probability (``way_mask`` in the loss): the loss and meta-gradient equal the unpadded task's for the same key,
+    when the encoder and decoder treat rows independently.
+
     Args:
       encoder: maps ``[n, *input]`` to ``(mean, log_var)`` (a tuple, or one array ``[n, 2 * latent_dim]`` split in
         half); ``None`` means ``VAEEncoder(latent_dim)``. Log-variances are clipped to [-10, 10].
@@ -274,7 +279,11 @@ def cvae_classifier(
 
     def negative_elbo(params, x: Array, mask: Array | None, key: Array) -> Array:
         mean, log_var = posterior(params, x)
-        eps = _normal(key, (num_samples,) + mean.shape, mean.dtype)
+        # Each example's noise is the slice of one draw at its rank among the real examples, so padding (wherever
+        # it sits) leaves every real example's noise unchanged (threefry draws are prefix-consistent).
+        n = mean.shape[0]
+        rank = jnp.arange(n) if mask is None else jnp.clip(jnp.cumsum(mask > 0) - 1, 0, n - 1)
+        eps = jnp.moveaxis(_normal(key, (n, num_samples, latent_dim), mean.dtype)[rank], 0, 1)  # [S, n, L]
         z = mean[None] + jnp.exp(0.5 * log_var)[None] * eps
         recon = jnp.mean(decode_log_likelihood(params, x, z), axis=0)
         kl = gaussian_kl(mean, log_var, jnp.zeros_like(mean), jnp.zeros_like(log_var))
