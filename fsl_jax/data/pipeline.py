@@ -207,13 +207,18 @@ def _stack(episodes: list[dict[str, np.ndarray]]) -> Task:
     return Task(**fields)
 
 
-def _exit_with_parent(worker_index: int, worker_count: int) -> None:
-    """grain's worker_init_fn: a worker whose training process died (SIGKILL, preemption) exits within a second
-    instead of living on as an orphan."""
+def _init_worker(worker_index: int, worker_count: int) -> None:
+    """grain's worker_init_fn. A worker runs at a lower CPU priority than the training process (whose XLA threads
+    stall when a core is taken from them mid-operation), and exits within a second when the training process dies
+    (SIGKILL, preemption) instead of living on as an orphan."""
     import os
     import threading
 
     parent = os.getppid()
+    try:
+        os.nice(10)
+    except (OSError, AttributeError):  # pragma: no cover - platforms without nice
+        pass
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -254,7 +259,7 @@ class EpisodeIterator(Iterator[Task]):
             grain = _grain()
             dataset = grain.MapDataset.range(start_index, _END).map(self._build).to_iter_dataset()
             options = grain.MultiprocessingOptions(num_workers=loader.workers, per_worker_buffer_size=loader.buffer)
-            self._iterator = iter(dataset.mp_prefetch(options, worker_init_fn=_exit_with_parent))
+            self._iterator = iter(dataset.mp_prefetch(options, worker_init_fn=_init_worker))
         else:
             self._iterator = None
 
