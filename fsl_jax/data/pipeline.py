@@ -82,7 +82,7 @@ class EpisodeLoader:
       >>> loader = fj.data.EpisodeLoader(data, ways="meta-dataset", seed=0)
       >>> batch = loader.sample(4, index=0)
       >>> batch.support_x.shape, batch.way_mask.shape, bool(batch.way_mask.sum(1).min() >= 5)
-      ((4, 150, 8, 8, 1), (4, 30), True)
+      ((4, 330, 8, 8, 1), (4, 30), True)
       >>> fixed = fj.data.EpisodeLoader(data, ways=5, shots=1, queries=3, seed=0, workers=0)
       >>> with fixed.iterate(8, start_index=10) as batches:
       ...     first = next(batches)
