@@ -128,7 +128,8 @@ def test_padded_episodes_are_consistent_and_static():
 def test_several_sources_mix_by_weight_and_each_episode_has_one_source():
     a = np.zeros((10, 8, 3), np.float32)
     b = np.ones((7, 8, 3), np.float32)
-    loader = fj.data.EpisodeLoader([a, b], ways=(3, 5), shots=1, queries=2, weights=[0.8, 0.2], seed=0)
+    loader = fj.data.EpisodeLoader([fj.data.ArraySource(a), fj.data.ArraySource(b)], ways=(3, 5), shots=1, queries=2,
+                                   weights=[0.8, 0.2], seed=0)
     batch = loader.sample(400)
     from_b = []
     for k in range(400):
@@ -138,9 +139,15 @@ def test_several_sources_mix_by_weight_and_each_episode_has_one_source():
     assert abs(np.mean(from_b) - 0.2) < 0.06
     assert loader.shapes[0] == 5
     with pytest.raises(ValueError, match=r"one feature shape.*\(3,\).*\(4,\)"):
-        fj.data.EpisodeLoader([a, np.ones((7, 8, 4), np.float32)], ways=3, shots=1, queries=1)
+        fj.data.EpisodeLoader([fj.data.ArraySource(a), fj.data.ArraySource(np.ones((7, 8, 4), np.float32))], ways=3,
+                              shots=1, queries=1)
     with pytest.raises(ValueError, match="weights must be 2 non-negative"):
-        fj.data.EpisodeLoader([a, b], ways=3, shots=1, queries=1, weights=[1.0, -1.0])
+        fj.data.EpisodeLoader([fj.data.ArraySource(a), fj.data.ArraySource(b)], ways=3, shots=1, queries=1,
+                              weights=[1.0, -1.0])
+    # a list of arrays is one source's classes (images per class here), as for HostSampler
+    per_class = [np.zeros((n, 4, 4, 1), np.uint8) for n in (5, 6, 7, 8)]
+    one = fj.data.EpisodeLoader(per_class, ways=3, shots=1, queries=2)
+    assert len(one.sources) == 1 and one.sources[0].counts.tolist() == [5, 6, 7, 8]
 
 
 def test_bad_arguments_are_named():

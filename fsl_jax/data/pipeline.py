@@ -51,7 +51,8 @@ class EpisodeLoader:
 
     Args:
       sources: a class source (:func:`fsl_jax.data.image_folder`, a ``[classes, per_class, *features]`` array or a
-        list of per-class arrays), or a list of them; each episode comes from one source.
+        list of per-class arrays), or a list of class source objects (``image_folder``\ s,
+        :class:`~fsl_jax.data.ArraySource`\ s); each episode comes from one source.
       ways: an int, a ``(min, max)`` range, or ``"meta-dataset"`` (Meta-Dataset's variable episodes, 5..50 ways).
       shots: support examples per class; ``None`` with variable ways: Meta-Dataset's support rule.
       queries: query examples per class; ``None`` with variable ways: Meta-Dataset's query rule.
@@ -94,8 +95,9 @@ class EpisodeLoader:
                  seed: int = 0, weights: Sequence[float] | None = None, workers: int = 0, buffer: int = 2,
                  dtype: Any = np.float32, max_support: int = 500, max_support_per_class: int = 100,
                  max_query: int = 10):
-        if isinstance(sources, (list, tuple)) and sources and all(
-                hasattr(s, "load_many") or (hasattr(s, "ndim") and s.ndim >= 3) for s in sources):
+        # a list of class sources is several sources; a list of arrays is one source's classes (as for HostSampler):
+        # wrap arrays in fj.data.ArraySource to mix several of them
+        if isinstance(sources, (list, tuple)) and sources and all(hasattr(s, "load_many") for s in sources):
             items = list(sources)
         else:
             items = [sources]
