@@ -303,7 +303,9 @@ def meta_train(
       checkpoint_every_seconds: also save when this much wall time has passed since the last save (default 300 s,
         so a ``SIGKILL`` loses at most about five minutes); ``None`` turns it off.
       keep: checkpoints kept.
-      log_dir: append the logged metrics to ``log_dir/metrics.jsonl`` (default: ``checkpoint_dir``, if any).
+      log_dir: append the logged metrics to ``log_dir/metrics.jsonl`` (default: ``checkpoint_dir``, if any). Its
+        last line (``"event": "stop"``) gives the run's seconds and, for a host source, ``input_seconds``: the time
+        the loop spent taking batches from it (building them, or waiting for an EpisodeLoader's workers).
       skip_nonfinite: skip non-finite updates instead of stopping.
       progress: report progress (a tqdm bar on a terminal, a plain line every 30 s otherwise) and print the
         expected time after the first logging point; ``False`` prints nothing.
@@ -462,15 +464,23 @@ def meta_train(
                 else jax.tree_util.tree_map(jnp.asarray, local))
 
     batches = _host_batches(source, meta_batch, start, *rows) if host else None
+    input_seconds = 0.0  # time the loop spent taking host batches (building them, or waiting for a loader's workers)
+
+    def next_batch() -> Task:
+        nonlocal input_seconds
+        t = time.perf_counter()
+        local = next(batches)
+        input_seconds += time.perf_counter() - t
+        return local
     try:
         with _StopSignals(handle_signals) as stop:
-            upcoming = to_devices(next(batches)) if host else None
+            upcoming = to_devices(next_batch()) if host else None
             for i in range(start, steps):
                 if host:  # this process builds only its own rows of the global batch
                     tasks = upcoming
                     state, metrics = step_fn(state, tasks, jax.random.fold_in(run_key, i))
                     if i + 1 < steps:  # batch i + 1 is built and sent to the devices while step i runs
-                        upcoming = to_devices(next(batches))
+                        upcoming = to_devices(next_batch())
                 else:
                     state, metrics = step_fn(state, run_key)
                 if sync_each_step:
@@ -525,7 +535,10 @@ def meta_train(
         if batches is not None and hasattr(batches, "close"):
             batches.close()
         bar.close()
-        log.write({"event": "stop", "step": done, "reason": reason, "seconds": round(time.perf_counter() - t0, 3)})
+        stop_event = {"event": "stop", "step": done, "reason": reason, "seconds": round(time.perf_counter() - t0, 3)}
+        if host:
+            stop_event["input_seconds"] = round(input_seconds, 3)
+        log.write(stop_event)
         log.close()
     if reason in ("SIGINT", "SIGTERM"):
         where = (f"checkpoint {done} saved in {checkpoint_dir!r}; run the same command again to resume from it"

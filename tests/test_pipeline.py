@@ -1,6 +1,7 @@
 """EpisodeLoader: the same batches with any number of workers and after restarts, Meta-Dataset's episode rules,
 several sources, bad input, worker failures, and meta-training from it."""
 
+import json
 import math
 import os
 import time
@@ -212,6 +213,9 @@ def test_meta_train_from_a_loader_with_workers_equals_without(tmp_path):
         finals.append(jax.tree_util.tree_leaves(state.params))
         assert np.all(np.isfinite(history.series("loss")))
         assert fj.read_loader_state(tmp_path / str(workers), 6) == {"next_index": 6, "seed": 2}
+        with open(tmp_path / str(workers) / "metrics.jsonl") as f:
+            stop = [json.loads(line) for line in f][-1]
+        assert stop["event"] == "stop" and 0 < stop["input_seconds"] < stop["seconds"], stop
     for x, y in zip(*finals):
         np.testing.assert_array_equal(x, y)
     # the loader is part of the run's configuration: another seed is another run
