@@ -1,6 +1,7 @@
 """Many-episode evaluation: adapt on each test task's support set, score its query set, report mean and 95 % CI."""
 
 
+import copy
 from typing import Any, NamedTuple
 
 import jax
@@ -78,7 +79,8 @@ def evaluate(
       learner: a :class:`~fsl_jax.Learner`.
       params: meta-parameters.
       source: a jittable ``(key, num_tasks) -> Task`` sampler (``DeviceSampler.sample``, a ``DeviceSampler``, or a
-        ``partial`` of :func:`fsl_jax.data.sinusoid_tasks`), a :class:`~fsl_jax.data.HostSampler`, or a batched
+        ``partial`` of :func:`fsl_jax.data.sinusoid_tasks`), a :class:`~fsl_jax.data.HostSampler` or
+        :class:`~fsl_jax.data.EpisodeLoader` (its episodes drawn with a seed from ``key``), or a batched
         :class:`~fsl_jax.Task` (then every task in it is one episode; ``episodes`` must still be valid but is not
         used).
       episodes: number of test episodes.
@@ -104,6 +106,7 @@ def evaluate(
       >>> result.metric
       'mse'
     """
+    from fsl_jax.data.pipeline import EpisodeLoader
     from fsl_jax.data.sampler import DeviceSampler, HostSampler
 
     if not isinstance(learner, Learner):
@@ -153,9 +156,14 @@ def evaluate(
         ways = _validate.source_ways(source)
         if isinstance(source, DeviceSampler):
             source = source.sample
-        if isinstance(source, HostSampler):
+        if isinstance(source, (HostSampler, EpisodeLoader)):
             seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
-            host = HostSampler(source.classes, source.ways, source.shots, source.queries, seed=seed, dtype=source.dtype)
+            if isinstance(source, EpisodeLoader):  # the same episodes' rules, drawn from the key (in this thread)
+                host = copy.copy(source)
+                host.seed = seed
+            else:
+                host = HostSampler(source.classes, source.ways, source.shots, source.queries, seed=seed,
+                                   dtype=source.dtype)
             sample_and_score = None
             rows = parallel.local_rows(mesh, batch_size) if mesh is not None else (0, batch_size)
         elif callable(source):

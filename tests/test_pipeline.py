@@ -7,6 +7,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -239,3 +240,25 @@ def test_meta_dataset_spec_needs_two_images_per_class():
     assert spec.min_examples() == 2 and not spec.fixed
     assert EpisodeSpec.create(5, 1, 15).min_examples() == 16
     assert math.isclose(EpisodeSpec.create((5, 10), shots=3).min_examples(), 6)
+
+
+def test_evaluate_takes_a_loader_and_scores_its_padded_episodes():
+    """fj.evaluate(loader): episodes drawn from a seed taken from the key; each score equals meta_loss's accuracy on
+    the same padded episode computed here."""
+    data = np.random.default_rng(0).normal(size=(10, 8, 3)).astype(np.float32)
+    loader = fj.data.EpisodeLoader(data, ways=(2, 4), queries=2, seed=2)
+    learner = fj.protonet(fj.models.MLP(hidden=(8,), out=4), ways=4)
+    params = learner.init(jax.random.key(0), fj.task_at(jax.tree_util.tree_map(np.asarray, loader.sample(1)), 0))
+    key = jax.random.key(5)
+    result = fj.evaluate(learner, params, loader, episodes=6, batch_size=3, key=key, progress=False)
+    seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+    drawn = fj.data.EpisodeLoader(data, ways=(2, 4), queries=2, seed=seed)
+    expected = []
+    for b in range(2):
+        batch = drawn.sample(3, index=b)
+        for j in range(3):
+            task = jax.tree_util.tree_map(jnp.asarray, fj.task_at(batch, j))
+            _, aux = fj.meta_loss(learner, params, task, jax.random.key(0))
+            expected.append(float(aux["accuracy"]))
+    np.testing.assert_allclose(result.values, expected, atol=1e-6)
+    assert len(set(np.round(expected, 6))) > 1  # not a constant score
