@@ -1,10 +1,11 @@
 """The accuracy figures the README quotes, rerun at reduced size (``make test-slow``; about 20 min on 2 cores).
 
 Each test reruns a benchmark's own code path with the documented settings and asserts the documented figure (from
-the JSON the benchmark wrote) within a multiple of its 95 % confidence interval. That interval covers the sampling of
-test episodes only, not the training trajectory, which float differences between CPU models change: on the Intel
-Xeon machine MAML (300 steps) reached 83.3 % against the documented 81.3 +- 0.9 % (measured on an earlier machine), 2.3 intervals away,
-while ProtoNet and Relation Net stayed within 2. Hence 3 intervals for the glyph runs. The sinusoid figures are asserted by ``tests/test_cli.py::test_demo_reaches_the_published_sinusoid_mse``.
+the JSON the benchmark wrote) within a multiple of its 95 % confidence interval. That interval covers the sampling
+of test episodes only, not the training trajectory, which float differences between CPU models change: on the Intel
+Xeon machine MAML (300 steps) reached 83.3 % against the documented 81.3 +- 0.9 % (measured on an earlier machine),
+2.3 intervals away, while ProtoNet and Relation Net stayed within 2. Hence 3 intervals for the glyph runs. The
+sinusoid figures are asserted by ``tests/test_cli.py::test_demo_reaches_the_published_sinusoid_mse``.
 """
 
 import argparse
