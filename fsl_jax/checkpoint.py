@@ -154,8 +154,7 @@ def read_checkpoint_config(directory: str | os.PathLike, step: int | None = None
     step = latest_step(directory) if step is None else step
     if step is None:
         raise FileNotFoundError(f"directory {os.fspath(directory)!r} holds no checkpoint")
-    with _manager(directory) as manager:
-        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"].get("config")
+    return _read_meta(directory, step).get("config")
 
 
 def read_loader_state(directory: str | os.PathLike, step: int | None = None) -> dict | None:
@@ -172,10 +171,13 @@ def read_loader_state(directory: str | os.PathLike, step: int | None = None) -> 
       {'next_index': 4}
     """
     step = latest_step(directory) if step is None else step
-    if step is None:
-        return None
+    return None if step is None else _read_meta(directory, step).get("loader")
+
+
+def _read_meta(directory: str | os.PathLike, step: int) -> dict:
+    """The JSON item stored beside checkpoint ``step``'s arrays."""
     with _manager(directory) as manager:
-        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"].get("loader")
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"] or {}
 
 
 def restore_checkpoint(directory: str | os.PathLike, target: TrainState, *, step: int | None = None,

@@ -405,7 +405,7 @@ def meta_train(
         state = restore_checkpoint(checkpoint_dir, state, config=config, allow_config_change=allow_config_change)
         parallel.sync("fsl_jax.meta_train.restored")
         restored = int(jax.device_get(state.step))
-        position = read_loader_state(checkpoint_dir) if _is_loader(source) else None
+        position = read_loader_state(checkpoint_dir, restored) if _is_loader(source) else None
         if position is not None and int(position.get("next_index", -1)) != restored:
             raise ValueError(f"checkpoint_dir {checkpoint_dir!r}: the episode loader's stored position "
                              f"{position.get('next_index')!r} does not match the checkpoint's step {restored}")

@@ -217,13 +217,13 @@ class ArraySource:
         else:
             array = np.asarray(data)
             if array.ndim < 3:
-                raise ValueError(f"{name} must have shape [classes, per_class, *features] (rank >= 3), got shape "
-                                 f"{array.shape}")
+                raise ValueError(f"{name} must have shape [classes, per_class, *features] (rank >= 3), got rank "
+                                 f"{array.ndim} shape {array.shape}")
             classes = list(array)
         shapes = {c.shape[1:] for c in classes}
         if any(c.ndim < 2 for c in classes) or len(shapes) != 1:
-            raise ValueError(f"{name} must hold per-class arrays [count, *features] with one feature shape, got "
-                             f"shapes {sorted({c.shape for c in classes})[:4]}")
+            raise ValueError(f"{name} as a sequence must hold per-class arrays [count, *features] with one feature "
+                             f"shape, got shapes {sorted({c.shape for c in classes})[:4]}")
         self.classes = classes
         self.counts = np.array([len(c) for c in classes], np.int64)
         self.feature_shape = tuple(classes[0].shape[1:])

@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from fsl_jax.data.episodes import ArraySource, EpisodeSpec, build_episode
+from fsl_jax.data.sampler import check_rows
 from fsl_jax.tasks import Task
 
 _END = 2**62  # batches are numbered 0, 1, ... without end: a run takes what it needs
@@ -167,14 +168,14 @@ class EpisodeLoader:
 
     def sample(self, num_tasks: int, index: int = 0, *, start: int = 0, stop: int | None = None) -> Task:
         """Rows ``start:stop`` (default: all) of batch ``index`` of ``num_tasks`` episodes, built in this thread."""
-        start, stop = _check_rows(num_tasks, start, stop)
+        start, stop = check_rows(num_tasks, start, stop)
         return _stack([self.episode(index, j) for j in range(start, stop)])
 
     def iterate(self, num_tasks: int, *, start_index: int = 0, start: int = 0, stop: int | None = None,
                 ) -> "EpisodeIterator":
         """An iterator over batches ``start_index, start_index + 1, ...`` (rows ``start:stop`` of each), built ahead by
         the loader's worker processes. Close it (or use it in a ``with`` block) to stop the workers."""
-        start, stop = _check_rows(num_tasks, start, stop)
+        start, stop = check_rows(num_tasks, start, stop)
         if not isinstance(start_index, (int, np.integer)) or start_index < 0:
             raise ValueError(f"start_index must be an int >= 0, got {start_index!r}")
         return EpisodeIterator(self, int(num_tasks), int(start_index), start, stop)
@@ -193,20 +194,12 @@ class EpisodeLoader:
                 f"queries={self.spec.queries}, padded={self.shapes}, seed={self.seed}, workers={self.workers})")
 
 
-def _check_rows(num_tasks: Any, start: Any, stop: Any) -> tuple[int, int]:
-    if not isinstance(num_tasks, (int, np.integer)) or isinstance(num_tasks, bool) or num_tasks < 1:
-        raise ValueError(f"num_tasks must be an int >= 1, got {num_tasks!r}")
-    stop = num_tasks if stop is None else stop
-    if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))
-            and 0 <= start < stop <= num_tasks):
-        raise ValueError(f"start and stop must satisfy 0 <= start < stop <= num_tasks={num_tasks}, got "
-                         f"start={start!r}, stop={stop!r}")
-    return int(start), int(stop)
+def _stack_fields(episodes: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {name: np.stack([e[name] for e in episodes]) for name in episodes[0]}
 
 
 def _stack(episodes: list[dict[str, np.ndarray]]) -> Task:
-    fields = {name: np.stack([e[name] for e in episodes]) for name in episodes[0]}
-    return Task(**fields)
+    return Task(**_stack_fields(episodes))
 
 
 def _init_worker(worker_index: int, worker_count: int) -> None:
@@ -237,8 +230,7 @@ class _BuildBatch:
         self.loader, self.start, self.stop = loader, start, stop
 
     def __call__(self, index: int) -> dict[str, np.ndarray]:
-        episodes = [self.loader.episode(index, j) for j in range(self.start, self.stop)]
-        batch = {name: np.stack([e[name] for e in episodes]) for name in episodes[0]}
+        batch = _stack_fields([self.loader.episode(index, j) for j in range(self.start, self.stop)])
         batch["index"] = np.int64(index)
         return batch
 

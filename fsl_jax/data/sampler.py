@@ -11,13 +11,14 @@ Support and query examples are grouped by label (``support_y = [0]*shots + [1]*s
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fsl_jax._config import describe
+from fsl_jax.data.episodes import ArraySource
 from fsl_jax.tasks import Task
 
 
@@ -38,6 +39,17 @@ def _check_episode(ways: Any, shots: Any, queries: Any, num_classes: int, per_cl
             f"shots + queries = {shots} + {queries} = {shots + queries} exceeds the {per_class} examples per class"
         )
     return ways, shots, queries
+
+
+def check_rows(num_tasks: Any, start: Any, stop: Any) -> tuple[int, int]:
+    """Validates ``num_tasks`` and the row range ``start:stop`` (``stop=None``: to the end) of a batch."""
+    _check_count("num_tasks", num_tasks)
+    stop = num_tasks if stop is None else stop
+    if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))
+            and 0 <= start < stop <= num_tasks):
+        raise ValueError(f"start and stop must satisfy 0 <= start < stop <= num_tasks={num_tasks}, got "
+                         f"start={start!r}, stop={stop!r}")
+    return int(start), int(stop)
 
 
 def _labels(ways: int, count: int) -> np.ndarray:
@@ -146,24 +158,7 @@ class HostSampler:
     """
 
     def __init__(self, data: Any, ways: int, shots: int, queries: int, seed: int = 0, dtype: Any = np.float32):
-        if isinstance(data, (list, tuple)):
-            if not data:
-                raise ValueError("data must hold at least one class, got an empty sequence")
-            classes = [np.asarray(c) for c in data]
-            feature_shapes = {c.shape[1:] for c in classes}
-            if any(c.ndim < 2 for c in classes) or len(feature_shapes) != 1:
-                raise ValueError(
-                    "data as a sequence must hold per-class arrays [count, *features] with one feature shape, got "
-                    f"shapes {sorted({c.shape for c in classes})[:4]}"
-                )
-        else:
-            array = np.asarray(data)
-            if array.ndim < 3:
-                raise ValueError(
-                    f"data must have shape [classes, per_class, *features] (rank >= 3), got rank {array.ndim} "
-                    f"shape {array.shape}"
-                )
-            classes = list(array)
+        classes = ArraySource(data).classes
         min_count = min(len(c) for c in classes)
         self.ways, self.shots, self.queries = _check_episode(ways, shots, queries, len(classes), min_count)
         if not isinstance(seed, (int, np.integer)):
@@ -208,12 +203,7 @@ class HostSampler:
           >>> part.support_x.shape, bool(np.array_equal(whole.query_x[2:], part.query_x))
           ((2, 2, 3), True)
         """
-        _check_count("num_tasks", num_tasks)
-        stop = num_tasks if stop is None else stop
-        if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))
-                and 0 <= start < stop <= num_tasks):
-            raise ValueError(f"start and stop must satisfy 0 <= start < stop <= num_tasks={num_tasks}, got "
-                             f"start={start!r}, stop={stop!r}")
+        start, stop = check_rows(num_tasks, start, stop)
         if index is None:
             index = self.index
             self.index += 1
