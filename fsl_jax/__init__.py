@@ -13,7 +13,7 @@ from fsl_jax.checkpoint import (
 )
 from fsl_jax.evaluate import EvalResult, evaluate
 from fsl_jax.learners import (
-    Learner, anil, cvae_classifier, maml, matching_net, meta_loss, meta_sgd, mse_loss, protonet, relation_net, reptile,
+    Learner, anil, cvae_classifier, imaml, maml, matching_net, meta_loss, meta_sgd, mse_loss, protonet, relation_net, reptile,
     siamese, xent_loss,
 )
 from fsl_jax.plots import plot_accuracy_vs_shots, plot_confusion_matrix, plot_learning_curve, plot_regression_fits
@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ClassificationReport", "ConfidenceInterval", "EvalResult", "History", "Learner", "NonFiniteError", "Task", "TrainState",
     "TrainingInterrupted", "read_checkpoint_config", "read_loader_state", "run_config",
-    "anil", "cvae_classifier", "data", "matching_net", "protonet", "relation_net", "siamese", "evaluate", "latest_step", "llm", "make_meta_step", "maml", "mean_ci", "meta_loss", "meta_sgd",
+    "anil", "cvae_classifier", "imaml", "data", "matching_net", "protonet", "relation_net", "siamese", "evaluate", "latest_step", "llm", "make_meta_step", "maml", "mean_ci", "meta_loss", "meta_sgd",
     "meta_train", "models", "mse_loss", "xent_loss", "parallel", "plot_accuracy_vs_shots", "plot_confusion_matrix",
     "plot_learning_curve",
     "plot_regression_fits", "plots", "classification_report", "reptile", "restore_checkpoint", "save_checkpoint", "task_at",

@@ -90,12 +90,13 @@ def _all_finite(tree: Any) -> Array:
 
 
 def batch_grads(
-    learner: Learner, params: Any, tasks: Task, key: Array, task_chunk: int | None = None
+    learner: Learner, params: Any, tasks: Task, key: Array, task_chunk: int | None = None, step: Array | None = None
 ) -> tuple[Any, Array, dict]:
     """Mean meta-gradient, loss and metrics over a batch of tasks (``vmap`` over the task axis).
 
     With ``task_chunk``, tasks are processed ``task_chunk`` at a time in a ``lax.scan`` (gradients accumulated), so
-    peak memory holds one chunk's activations instead of the whole batch's.
+    peak memory holds one chunk's activations instead of the whole batch's. ``step`` (the meta-step count) reaches
+    learners with ``uses_step`` (MAML++ schedules).
     """
     total = jax.tree_util.tree_leaves(tasks.support_x)[0].shape[0]
     keys = jax.random.split(key, total)
@@ -104,12 +105,13 @@ def batch_grads(
         if learner.meta_grad is None:
 
             def mean_loss(p):
-                losses, aux = jax.vmap(meta_loss, in_axes=(None, None, 0, 0))(learner, p, chunk, chunk_keys)
+                losses, aux = jax.vmap(meta_loss, in_axes=(None, None, 0, 0, None))(learner, p, chunk, chunk_keys, step)
                 return jnp.sum(losses), (losses, aux)
 
             grads, (losses, aux) = jax.grad(mean_loss, has_aux=True)(params)
         else:
-            per_task, (losses, aux) = jax.vmap(task_grad, in_axes=(None, None, 0, 0))(learner, params, chunk, chunk_keys)
+            per_task, (losses, aux) = jax.vmap(task_grad, in_axes=(None, None, 0, 0, None))(
+                learner, params, chunk, chunk_keys, step)
             grads = jax.tree_util.tree_map(lambda g: jnp.sum(g, axis=0), per_task)
         aux = jax.tree_util.tree_map(jnp.sum, aux)
         return grads, jnp.sum(losses), aux
@@ -221,7 +223,7 @@ def make_meta_step(
             tasks = jax.lax.with_sharding_constraint(tasks, parallel.task_sharding(mesh))
             shardings = parallel.state_shardings(state, mesh, param_rule)  # from shapes, at trace time
             state = jax.lax.with_sharding_constraint(state, shardings)
-        grads, loss, metrics = batch_grads(learner, state.params, tasks, key, task_chunk)
+        grads, loss, metrics = batch_grads(learner, state.params, tasks, key, task_chunk, state.step)
         finite = jnp.logical_and(jnp.isfinite(loss), _all_finite(grads))
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -36,6 +36,10 @@ class Learner(NamedTuple):
       config: the constructor's name and arguments as a JSON-able dict (set by every built-in constructor;
         ``None`` for a hand-made learner). :func:`fsl_jax.meta_train` stores it with each checkpoint and refuses to
         resume a run whose learner was built with other settings.
+      uses_step: the learner follows a schedule over meta-steps (MAML++'s annealed multi-step loss and
+        derivative order): :func:`meta_loss` then calls ``adapt(params, task, key, step)`` and
+        ``extra_loss(params, adapted, task, key, step)`` with the meta-step count (an int32 scalar, traced, so one
+        compilation serves every step); ``step=None`` (evaluation) means the end of the schedule.
 
     Example: nearest class mean on the raw inputs, with a learned input scale (``examples/custom_learner.py`` has a
     fuller one).
@@ -67,6 +71,7 @@ class Learner(NamedTuple):
     name: str = "learner"
     extra_loss: Callable | None = None
     config: dict | None = None
+    uses_step: bool = False
 
 
 def _weighted_mean(values: Array, mask: Array | None) -> Array:
@@ -211,7 +216,9 @@ def accuracy(logits: Array, labels: Array, mask: Array | None = None, way_mask: 
     return _weighted_mean(correct, mask)
 
 
-def meta_loss(learner: Learner, params: Params, task: Task, key: Array) -> tuple[Array, dict]:
+def meta_loss(
+    learner: Learner, params: Params, task: Task, key: Array, step: Array | None = None
+) -> tuple[Array, dict]:
     """Adapts on the support set of one task and returns the query loss.
 
     Args:
@@ -219,6 +226,8 @@ def meta_loss(learner: Learner, params: Params, task: Task, key: Array) -> tuple
       params: meta-parameters.
       task: one task (no leading task axis).
       key: a PRNG key for stochastic adaptation.
+      step: the meta-step count, for learners with ``uses_step`` (``None``: the end of their schedule); ignored by
+        the others.
 
     Returns:
       ``(loss, aux)`` where ``aux`` holds ``"query_loss"`` (the loss without extra terms) and, for classifiers,
@@ -238,7 +247,8 @@ def meta_loss(learner: Learner, params: Params, task: Task, key: Array) -> tuple
     """
     validate_task(task, check_values=False)  # shapes only: free at trace time, names the field that is wrong
     adapt_key, extra_key = jax.random.split(key)
-    adapted = learner.adapt(params, task, adapt_key)
+    at_step = (step,) if learner.uses_step else ()
+    adapted = learner.adapt(params, task, adapt_key, *at_step)
     predictions = learner.predict(params, adapted, task.query_x)
     query_loss = learner.loss(predictions, task.query_y, task.query_mask, **way_mask_kwargs(task))
     aux = {"query_loss": query_loss}
@@ -246,13 +256,15 @@ def meta_loss(learner: Learner, params: Params, task: Task, key: Array) -> tuple
         aux["accuracy"] = accuracy(predictions, task.query_y, task.query_mask, task.way_mask)
     total = query_loss
     if learner.extra_loss is not None:
-        total = total + learner.extra_loss(params, adapted, task, extra_key)
+        total = total + learner.extra_loss(params, adapted, task, extra_key, *at_step)
     return total, aux
 
 
-def task_grad(learner: Learner, params: Params, task: Task, key: Array) -> tuple[Params, tuple[Array, dict]]:
+def task_grad(
+    learner: Learner, params: Params, task: Task, key: Array, step: Array | None = None
+) -> tuple[Params, tuple[Array, dict]]:
     """The meta-gradient contribution of one task: ``(grads, (loss, aux))``."""
     if learner.meta_grad is not None:
-        return learner.meta_grad(params, task, key)
-    (loss, aux), grads = jax.value_and_grad(lambda p: meta_loss(learner, p, task, key), has_aux=True)(params)
+        return learner.meta_grad(params, task, key, *((step,) if learner.uses_step else ()))
+    (loss, aux), grads = jax.value_and_grad(lambda p: meta_loss(learner, p, task, key, step), has_aux=True)(params)
     return grads, (loss, aux)
