@@ -85,6 +85,25 @@ def test_conjugate_gradient_solves_a_pytree_system():
     np.testing.assert_allclose(ravel_pytree(x)[0], np.linalg.solve(np.asarray(a), np.asarray(flat_b)), rtol=1e-5)
 
 
+def test_forward_and_reverse_hessian_vector_products_agree_and_conv4_works():
+    """Conv-4's im2col convolution has reverse-only rules: "auto" falls back to reverse-over-reverse there."""
+    with jax.enable_x64(True):
+        task = _regression_task(jax.random.key(5))
+        grads = [ravel_pytree(_meta_grad(fj.imaml(Linear(), "mse", 0.1, 30, lam=1.0, cg_steps=3, hvp=h),
+                                         fj.imaml(Linear(), "mse").init(jax.random.key(1), task), task))[0]
+                 for h in ("forward", "reverse")]
+        np.testing.assert_allclose(grads[0], grads[1], rtol=1e-10)
+    data = jax.random.uniform(jax.random.key(0), (6, 4, 8, 8, 1))
+    image_task = fj.data.DeviceSampler(data, 3, 1, 2).sample_one(jax.random.key(1))
+    model = fj.models.Conv4(num_classes=3, hidden=4, blocks=2, conv_impl="im2col")
+    with pytest.raises(TypeError, match="forward-mode"):
+        learner = fj.imaml(model, "xent", 0.1, 2, hvp="forward")
+        _meta_grad(learner, learner.init(jax.random.key(2), image_task), image_task)
+    learner = fj.imaml(model, "xent", 0.1, 2, hvp="auto")
+    grad = ravel_pytree(_meta_grad(learner, learner.init(jax.random.key(2), image_task), image_task))[0]
+    assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).max()) > 0
+
+
 def _temp_bytes(fn, *args):
     return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes
 
@@ -138,6 +157,7 @@ def test_imaml_padded_task_has_the_unpadded_gradient():
     ({"cg_steps": 2.5}, "cg_steps must be a positive int"),
     ({"inner_steps": 0}, "inner_steps must be a positive int"),
     ({"inner_lr": float("nan")}, "inner_lr must be a positive"),
+    ({"hvp": "exact"}, "hvp must be 'auto', 'forward' or 'reverse', got 'exact'"),
 ])
 def test_imaml_bad_arguments_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):

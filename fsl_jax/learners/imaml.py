@@ -60,6 +60,19 @@ def conjugate_gradient(matvec: Callable[[Any], Any], b: Any, steps: int) -> Any:
     return x
 
 
+def _has_reverse_only_rules(jaxpr: Any) -> bool:
+    """Whether a program holds a ``jax.custom_vjp`` rule (which forward mode cannot differentiate)."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    for eqn in jaxpr.eqns:
+        if "custom_vjp" in eqn.primitive.name:
+            return True
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if (hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns")) and _has_reverse_only_rules(sub):
+                    return True
+    return False
+
+
 def _zero_cotangent(x: Array) -> Array:
     x = jnp.asarray(x)
     if jnp.issubdtype(x.dtype, jnp.inexact):
@@ -75,6 +88,7 @@ def imaml(
     inner_steps: int = 10,
     lam: float = 1.0,
     cg_steps: int = 5,
+    hvp: str = "auto",
 ) -> Learner:
     """Implicit MAML: the meta-gradient ``(I + H / lam)^-1 grad L_Q(phi*)`` by conjugate gradient.
 
@@ -94,6 +108,10 @@ def imaml(
       inner_steps: inner SGD steps.
       lam: the proximal regularisation strength ``lam > 0``: large keeps ``phi*`` near ``theta``.
       cg_steps: conjugate-gradient iterations (>= 1).
+      hvp: how Hessian-vector products are taken: ``"forward"`` (forward-over-reverse, ``jax.jvp`` of
+        ``jax.grad``: the cheapest), ``"reverse"`` (reverse-over-reverse: for models with reverse-only derivative
+        rules, such as the im2col convolution that ``Conv4`` uses on CPU), or ``"auto"``: forward unless the model
+        cannot be differentiated in forward mode. Both give the same product.
 
     Example:
       >>> import jax, optax, fsl_jax as fj
@@ -113,6 +131,8 @@ def imaml(
     for name, value in (("inner_lr", inner_lr), ("lam", lam)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
             raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    if hvp not in ("auto", "forward", "reverse"):
+        raise ValueError(f"hvp must be 'auto', 'forward' or 'reverse', got {hvp!r}")
     loss_fn, kind = resolve_loss(loss)
 
     def support_loss(phi: Any, data: tuple) -> Array:
@@ -141,9 +161,17 @@ def imaml(
         phi, data = residuals
         grad_support = lambda p: jax.grad(support_loss)(p, data)  # noqa: E731
 
-        def matvec(u):  # (I + H / lam) u, H u by forward-over-reverse
-            hu = jax.jvp(grad_support, (phi,), (u,))[1]
-            return jax.tree_util.tree_map(lambda a, b: a + b / lam, u, hu)
+        def forward_over_reverse(u):
+            return jax.jvp(grad_support, (phi,), (u,))[1]
+
+        def reverse_over_reverse(u):
+            return jax.grad(lambda p: _tree_dot(grad_support(p), jax.lax.stop_gradient(u)))(phi)
+
+        reverse = hvp == "reverse" or (hvp == "auto" and _has_reverse_only_rules(jax.make_jaxpr(grad_support)(phi)))
+        product = reverse_over_reverse if reverse else forward_over_reverse
+
+        def matvec(u):  # (I + H / lam) u
+            return jax.tree_util.tree_map(lambda a, b: a + b / lam, u, product(u))
 
         theta_bar = conjugate_gradient(matvec, v, cg_steps)
         return theta_bar, jax.tree_util.tree_map(_zero_cotangent, data)
