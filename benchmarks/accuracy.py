@@ -20,12 +20,12 @@ import time
 import jax
 
 import fsl_jax as fj
-from fsl_jax.recipes import IMAGE_LEARNERS, image_learner
+from fsl_jax.recipes import GRADIENT_BASED, IMAGE_LEARNERS, image_learner
 
 # Omniglot 5-way 1-shot / 5-shot accuracy (%) as published (MAML, ProtoNet, Matching, Relation papers).
 PUBLISHED = {
     "maml": (98.7, 99.9), "fomaml": (98.3, 99.2), "protonet": (98.8, 99.7), "matching_net": (98.1, 98.9),
-    "relation_net": (99.6, 99.8),
+    "relation_net": (99.6, 99.8), "maml++": (99.47, 99.93), "imaml": (99.50, 99.74),
 }
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -39,7 +39,7 @@ def run(name: str, shots: int, train, test, args) -> dict:
     t0 = time.perf_counter()
     steps = 0
     if recipe.trainable:
-        meta_batch = args.meta_batch_gradient if name in ("maml", "fomaml", "anil", "meta_sgd", "reptile") else args.meta_batch
+        meta_batch = args.meta_batch_gradient if name in GRADIENT_BASED else args.meta_batch
         state, _ = fj.meta_train(recipe.learner, recipe.optimizer, train_sampler.sample, steps=args.max_steps,
                                  meta_batch=meta_batch, key=key, log_every=25, max_seconds=args.seconds,
                                  progress=not args.no_progress, desc=f"{name} {shots}-shot")

@@ -143,6 +143,11 @@ def _build(config: dict[str, Any]):
             learner = fj.anil(model, "mse", inner_lr, inner_steps)
         elif name == "meta_sgd":
             learner = fj.meta_sgd(model, "mse", inner_lr, inner_steps)
+        elif name == "maml++":
+            learner = fj.maml(model, "mse", inner_lr, max(inner_steps, 2), per_step_lr=True, multi_step_loss=100,
+                              first_order_steps=50)
+        elif name == "imaml":
+            learner = fj.imaml(model, "mse", inner_lr, max(inner_steps, 5), lam=1.0, cg_steps=5)
         else:
             learner = fj.reptile(model, "mse", inner_lr, max(inner_steps, 5))
         return Recipe(learner, optax.adam(config["lr"])), train_source, test_source

@@ -12,12 +12,12 @@ import flax.linen as nn
 import optax
 
 from fsl_jax.learners import (
-    Learner, anil, cvae_classifier, maml, matching_net, meta_sgd, protonet, relation_net, reptile, siamese,
+    Learner, anil, cvae_classifier, imaml, maml, matching_net, meta_sgd, protonet, relation_net, reptile, siamese,
 )
 from fsl_jax.learners.relation import RelationEncoder
 from fsl_jax.models.conv import Conv4
 
-GRADIENT_BASED = ("maml", "fomaml", "anil", "meta_sgd", "reptile")
+GRADIENT_BASED = ("maml", "fomaml", "anil", "meta_sgd", "reptile", "maml++", "imaml")
 METRIC_BASED = ("protonet", "matching_net", "relation_net", "siamese", "cvae")
 BASELINES = ("pixel_nn",)
 IMAGE_LEARNERS = GRADIENT_BASED + METRIC_BASED + BASELINES
@@ -56,7 +56,8 @@ def image_learner(
       ways: classes per task.
       image_shape: ``(height, width, channels)``; images under 16 px get a three-block backbone.
       inner_lr, inner_steps: inner loop of the gradient-based learners (defaults: 0.4 and 1; ANIL 5 steps; Reptile
-        0.1 and 5 steps).
+        0.1 and 5 steps; MAML++ 0.4 and 3 steps with all four of its options; iMAML 0.4 and 5 steps, ``lam=1``,
+        5 CG iterations).
       learning_rate: Adam learning rate of the outer loop.
       hidden: backbone channels (default 32 for second-order learners on CPU, 64 otherwise).
 
@@ -76,7 +77,7 @@ def image_learner(
     blocks = 3 if small else 4
     optimizer = optax.adam(learning_rate)
     if name in GRADIENT_BASED:
-        width = hidden or (32 if name in ("maml", "meta_sgd") else 64)
+        width = hidden or (32 if name in ("maml", "meta_sgd", "maml++", "imaml") else 64)
         model = Conv4(num_classes=ways, hidden=width, blocks=blocks)
         if name in ("maml", "fomaml"):
             learner = maml(model, "xent", inner_lr or 0.4, inner_steps or 1, first_order=name == "fomaml")
@@ -84,6 +85,11 @@ def image_learner(
             learner = anil(model, "xent", inner_lr or 0.4, inner_steps or 5)
         elif name == "meta_sgd":
             learner = meta_sgd(model, "xent", inner_lr or 0.4, inner_steps or 1)
+        elif name == "maml++":
+            learner = maml(model, "xent", inner_lr or 0.4, inner_steps or 3, per_step_lr=True, multi_step_loss=100,
+                           per_step_norm=True, first_order_steps=50)
+        elif name == "imaml":
+            learner = imaml(model, "xent", inner_lr or 0.4, inner_steps or 5, lam=1.0, cg_steps=5)
         else:
             learner = reptile(model, "xent", inner_lr or 0.1, inner_steps or 5)
         return Recipe(learner, optimizer)
