@@ -56,8 +56,8 @@ def image_learner(
       ways: classes per task.
       image_shape: ``(height, width, channels)``; images under 16 px get a three-block backbone.
       inner_lr, inner_steps: inner loop of the gradient-based learners (defaults: 0.4 and 1; ANIL 5 steps; Reptile
-        0.1 and 5 steps; MAML++ 0.4 and 3 steps with all four of its options; iMAML 0.4 and 5 steps, ``lam=1``,
-        5 CG iterations).
+        0.1 and 5 steps; MAML++ 0.4 and 3 steps with all four of its options; iMAML 0.4 and 10 steps, ``lam=0.2``,
+        5 CG iterations: chosen on the glyph "val" split among lam 0.2 / 0.5 / 1 / 2 / 5 and 5 / 10 steps).
       learning_rate: Adam learning rate of the outer loop.
       hidden: backbone channels (default 32 for second-order learners on CPU, 64 otherwise).
 
@@ -89,7 +89,7 @@ def image_learner(
             learner = maml(model, "xent", inner_lr or 0.4, inner_steps or 3, per_step_lr=True, multi_step_loss=100,
                            per_step_norm=True, first_order_steps=50)
         elif name == "imaml":
-            learner = imaml(model, "xent", inner_lr or 0.4, inner_steps or 5, lam=1.0, cg_steps=5)
+            learner = imaml(model, "xent", inner_lr or 0.4, inner_steps or 10, lam=0.2, cg_steps=5)
         else:
             learner = reptile(model, "xent", inner_lr or 0.1, inner_steps or 5)
         return Recipe(learner, optimizer)
