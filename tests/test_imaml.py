@@ -61,6 +61,29 @@ def test_imaml_meta_gradient_equals_the_closed_form_when_the_inner_solution_is_e
         assert np.linalg.norm(got - first_order) > 1e-3 * np.linalg.norm(got)
 
 
+def test_imaml_matches_the_implicit_formula_on_a_nonlinear_model():
+    """A tanh network: the Hessian changes with the parameters, so it must be taken at phi*, not at theta.
+    Reference: phi* from the same inner loop, H = jax.hessian of the flattened support loss at phi*, numpy solve."""
+    with jax.enable_x64(True):
+        model = fj.models.MLP((3,), 1, dtype=jnp.float64)
+        task = _regression_task(jax.random.key(7), dim=2)
+        lam = 4.0
+        learner = fj.imaml(model, "mse", inner_lr=0.05, inner_steps=200, lam=lam, cg_steps=40)
+        params = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), learner.init(jax.random.key(8), task))
+        phi = learner.adapt(params, task, None)["params"]
+        flat_phi, unravel = ravel_pytree(phi)
+        support = lambda v: fj.mse_loss(model.apply({"params": unravel(v)}, task.support_x), task.support_y)  # noqa: E731
+        query = lambda v: fj.mse_loss(model.apply({"params": unravel(v)}, task.query_x), task.query_y)  # noqa: E731
+        hessian = np.asarray(jax.hessian(support)(flat_phi))
+        expected = np.linalg.solve(np.eye(len(flat_phi)) + hessian / lam, np.asarray(jax.grad(query)(flat_phi)))
+        got = ravel_pytree(_meta_grad(learner, params, task)["params"])[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-10)
+        theta = ravel_pytree(params["params"])[0]
+        at_theta = np.linalg.solve(np.eye(len(theta)) + np.asarray(jax.hessian(support)(theta)) / lam,
+                                   np.asarray(jax.grad(query)(flat_phi)))
+        assert np.abs(at_theta - expected).max() > 1e-4  # the test tells the two apart
+
+
 def test_conjugate_gradient_error_falls_as_cg_steps_grow():
     with jax.enable_x64(True):
         task = _regression_task(jax.random.key(3), dim=8, scale=jnp.logspace(-0.5, 0.5, 8))
