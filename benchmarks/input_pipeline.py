@@ -32,7 +32,6 @@ def main() -> None:
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import optax
 
     import fsl_jax as fj

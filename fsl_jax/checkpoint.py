@@ -13,7 +13,6 @@ import os
 import re
 import time
 import warnings
-from typing import Any
 
 import jax
 import numpy as np

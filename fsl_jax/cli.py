@@ -326,7 +326,6 @@ def _draw_learning_curve(run: str, config: dict, rows: list[dict]) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    import fsl_jax as fj
 
     config_path = os.path.join(args.run, "config.json")
     if not os.path.exists(config_path):

@@ -31,7 +31,7 @@ from fsl_jax._progress import format_duration, progress as progress_bar
 from fsl_jax.checkpoint import latest_step, read_loader_state, restore_checkpoint, save_checkpoint
 from fsl_jax.learners.base import Learner
 from fsl_jax.step import TaskSource, TrainState, batch_grads, make_meta_step  # noqa: F401 - re-exported
-from fsl_jax.tasks import Task, task_at, validate_task
+from fsl_jax.tasks import Task, validate_task
 
 Array = Any
 

@@ -1,6 +1,5 @@
 """The MAML family: second order is real, first order is not, nothing leaks from the query set."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

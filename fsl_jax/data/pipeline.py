@@ -48,7 +48,7 @@ def _grain():
 
 
 class EpisodeLoader:
-    """Few-shot episodes from one or more class sources, built by grain worker processes.
+    r"""Few-shot episodes from one or more class sources, built by grain worker processes.
 
     Args:
       sources: a class source (:func:`fsl_jax.data.image_folder`, a ``[classes, per_class, *features]`` array or a
