@@ -170,3 +170,51 @@ def test_every_upper_bound_says_why():
 def test_makefile_installs_with_the_constraints():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"pip install .*-c constraints\.txt -e '\.\[[^]]*test[^]]*\]'", makefile.replace("$(PIP)", "pip"))
+
+
+def module_imports(path: Path, package_root: Path) -> set[str]:
+    """The fsl_jax modules ``path`` imports at module level (not inside functions or ``if TYPE_CHECKING:``)."""
+    name = ".".join(path.relative_to(package_root.parent).with_suffix("").parts).removesuffix(".__init__")
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("fsl_jax"))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fsl_jax") and not node.level:
+            for alias in node.names:  # `from fsl_jax import parallel` imports the module fsl_jax.parallel
+                sub = f"{node.module}.{alias.name}"
+                is_module = (package_root.parent / Path(*sub.split("."))).with_suffix(".py").exists() or (
+                    package_root.parent / Path(*sub.split(".")) / "__init__.py").exists()
+                found.add(sub if is_module else node.module)
+    found.discard(name)
+    return found
+
+
+def test_the_module_level_import_graph_has_no_cycle():
+    package_root = ROOT / "fsl_jax"
+    graph = {}
+    for path in package_root.rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = module_imports(path, package_root)
+    # an edge to a parent package closes a cycle only if that package imports the module back at module level
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+            if nxt in graph and not state.get(nxt):
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if not state.get(node):
+            visit(node)
+    assert "fsl_jax.step" in graph["fsl_jax.checkpoint"] and "fsl_jax.train" not in graph["fsl_jax.checkpoint"]
+    llm_top = [m for m in graph if m.startswith("fsl_jax.llm.") and "fsl_jax" in graph[m]]
+    assert llm_top == [], f"llm modules import the package top: {llm_top}"
