@@ -91,9 +91,9 @@ def test_maml_plus_plus_options_match_a_hand_unrolled_inner_loop(name):
             p, task, per_step_lr=options.get("per_step_lr", False), per_step_norm=options.get("per_step_norm", False),
             weights=weights, first_order=False)
         ours = lambda p: fj.meta_loss(learner, p, task, jax.random.key(3), step)[0]  # noqa: E731
-        np.testing.assert_allclose(float(ours(params)), float(reference(params)), rtol=1e-12)
-        np.testing.assert_allclose(ravel_pytree(jax.grad(ours)(params))[0], ravel_pytree(jax.grad(reference)(params))[0],
-                                   rtol=1e-9, atol=1e-12)
+        (value, grad), (ref_value, ref_grad) = (jax.jit(jax.value_and_grad(f))(params) for f in (ours, reference))
+        np.testing.assert_allclose(float(value), float(ref_value), rtol=1e-12)
+        np.testing.assert_allclose(ravel_pytree(grad)[0], ravel_pytree(ref_grad)[0], rtol=1e-9, atol=1e-12)
         variables = params["model"] if options.get("per_step_lr") else params
         assert variables["params"]["norm"]["scale"].shape == (STEPS + 1, 6)  # one set per number of updates taken
         if options.get("per_step_lr"):
@@ -123,8 +123,8 @@ def test_derivative_order_annealing_is_first_order_then_second_order_in_one_comp
         annealed = fj.maml(NormNet(), "xent", 0.2, STEPS, first_order_steps=2)
         params = annealed.init(jax.random.key(1), task)
         key = jax.random.key(2)
-        grad_of = lambda learner, step=None: ravel_pytree(jax.grad(  # noqa: E731
-            lambda p: fj.meta_loss(learner, p, task, key, step)[0])(params))[0]
+        grad_of = lambda learner, step=None: ravel_pytree(jax.jit(jax.grad(  # noqa: E731
+            lambda p: fj.meta_loss(learner, p, task, key, step)[0]))(params))[0]
         first = grad_of(fj.maml(NormNet(), "xent", 0.2, STEPS, first_order=True))
         second = grad_of(fj.maml(NormNet(), "xent", 0.2, STEPS))
         assert np.linalg.norm(first - second) > 1e-3 * np.linalg.norm(second)
@@ -146,10 +146,11 @@ def test_derivative_order_annealing_is_first_order_then_second_order_in_one_comp
 
 
 def _meta_grad(learner, params, task):
-    return ravel_pytree(jax.grad(lambda p: fj.meta_loss(learner, p, task, jax.random.key(0))[0])(params))[0]
+    return ravel_pytree(jax.jit(jax.grad(lambda p: fj.meta_loss(learner, p, task, jax.random.key(0))[0]))(params))[0]
 
 
-@pytest.mark.parametrize("remat", [True, "sqrt", 2, 7])  # per step; blocks of 3 + 1; of 2 + 1; one block
+# remat=True (per step) is tests/test_maml.py::test_remat_is_in_the_meta_gradient_jaxpr
+@pytest.mark.parametrize("remat", ["sqrt", 2, 7])  # blocks of 3 + a remainder of 1; of 2 + 1; one block
 def test_every_remat_schedule_gives_plain_maml_gradient(remat):
     with jax.enable_x64(True):
         task = _task(jax.random.key(0))
