@@ -8,9 +8,13 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = sorted(f for f in os.listdir(os.path.join(ROOT, "examples")) if f.endswith(".py"))
+# ~50 s each on 2 cores; what they show is tested directly (MAML / FOMAML / ANIL in tests/test_maml.py, a custom
+# Learner in base.py's doctest, the in-context learner in tests/test_icl_distill_augment.py), so they run in
+# `make test-slow` and keep `make test` under 15 minutes.
+SLOW = {"maml_to_anil.py", "custom_learner.py", "icl_gpt2.py"}
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in EXAMPLES])
 def test_example_runs_quick(name, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", name), "--quick"], cwd=tmp_path,
