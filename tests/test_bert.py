@@ -24,6 +24,15 @@ SENTENCES = [
 ]
 
 
+def flax_reference(name: str):
+    """transformers' Flax class ``name``, the parity reference; transformers 5 removed the Flax classes, so there
+    (``make test-compat``) the parity tests are skipped and the rest of the file runs."""
+    cls = getattr(transformers, name, None)
+    if cls is None:
+        pytest.skip(f"transformers {transformers.__version__} has no {name} (Flax classes were removed in 5.x)")
+    return cls
+
+
 @pytest.fixture(scope="module")
 def minilm():
     module, params, tokenizer = from_pretrained("all-MiniLM-L6-v2")
@@ -35,7 +44,7 @@ def minilm():
 @pytest.fixture(scope="module")
 def minilm_reference(minilm):
     _, _, batch, _ = minilm
-    ref = transformers.FlaxBertModel.from_pretrained(str(resolve_model_folder("all-MiniLM-L6-v2")))
+    ref = flax_reference("FlaxBertModel").from_pretrained(str(resolve_model_folder("all-MiniLM-L6-v2")))
     return ref(**batch, output_hidden_states=True)
 
 
@@ -104,7 +113,7 @@ def test_random_bert_round_trip(tmp_path, pooler):
     jax.tree_util.tree_map(np.testing.assert_array_equal, loaded_params, params)
     ours = module.apply(params, ids, mask, types)
     # transformers reads the saved folder too and computes the same thing.
-    ref = transformers.FlaxBertModel.from_pretrained(tmp_path, add_pooling_layer=pooler)
+    ref = flax_reference("FlaxBertModel").from_pretrained(tmp_path, add_pooling_layer=pooler)
     theirs = ref(input_ids=ids, attention_mask=mask, token_type_ids=types)
     assert np.abs(np.asarray(ours.last_hidden_state) - np.asarray(theirs.last_hidden_state)).max() <= TOL
     if pooler:
