@@ -47,46 +47,81 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    print(f"jax {jax.__version__} on {jax.default_backend()} ({platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores); python {sys.version.split()[0]}")
+    print(
+        f"jax {jax.__version__} on {jax.default_backend()} ({platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores); python {sys.version.split()[0]}"
+    )
     result = meta_train_icl(
-        jax.random.key(args.seed), ways=args.ways, max_shots=args.max_shots, dim=args.dim, noise=args.noise,
-        n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head, steps=args.steps, meta_batch=args.meta_batch,
-        learning_rate=args.learning_rate, max_seconds=args.max_seconds, progress=not args.no_progress)
-    print(f"trained {result.steps} meta-steps ({result.steps * args.meta_batch} episodes) in {result.seconds:.1f} s "
-          f"(compilation included); last logged train accuracy "
-          f"{result.history.metrics[-1]['accuracy']:.3f}")
+        jax.random.key(args.seed),
+        ways=args.ways,
+        max_shots=args.max_shots,
+        dim=args.dim,
+        noise=args.noise,
+        n_embd=args.n_embd,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        steps=args.steps,
+        meta_batch=args.meta_batch,
+        learning_rate=args.learning_rate,
+        max_seconds=args.max_seconds,
+        progress=not args.no_progress,
+    )
+    print(
+        f"trained {result.steps} meta-steps ({result.steps * args.meta_batch} episodes) in {result.seconds:.1f} s "
+        f"(compilation included); last logged train accuracy "
+        f"{result.history.metrics[-1]['accuracy']:.3f}"
+    )
 
     rows, curves = [], {"ICL transformer": {}, "ProtoNet (nearest class mean)": {}}
     t0 = time.perf_counter()
     for shots in range(1, args.max_shots + 1):
-        accs = evaluate_icl(result.model, result.params, ways=args.ways, shots=shots, episodes=args.episodes,
-                            key=jax.random.key(10_000 + args.seed), batch_size=min(200, args.episodes),
-                            **result.episode_kwargs)
+        accs = evaluate_icl(
+            result.model,
+            result.params,
+            ways=args.ways,
+            shots=shots,
+            episodes=args.episodes,
+            key=jax.random.key(10_000 + args.seed),
+            batch_size=min(200, args.episodes),
+            **result.episode_kwargs,
+        )
         icl, proto = fj.mean_ci(accs["icl"]), fj.mean_ci(accs["protonet"])
         diff = fj.mean_ci(accs["icl"] - accs["protonet"])
         curves["ICL transformer"][shots] = (icl.mean, icl.ci95)
         curves["ProtoNet (nearest class mean)"][shots] = (proto.mean, proto.ci95)
-        rows.append({"shots": shots, "icl": {"mean": icl.mean, "ci95": icl.ci95},
-                     "protonet": {"mean": proto.mean, "ci95": proto.ci95},
-                     "difference": {"mean": diff.mean, "ci95": diff.ci95}})
+        rows.append(
+            {
+                "shots": shots,
+                "icl": {"mean": icl.mean, "ci95": icl.ci95},
+                "protonet": {"mean": proto.mean, "ci95": proto.ci95},
+                "difference": {"mean": diff.mean, "ci95": diff.ci95},
+            }
+        )
     eval_s = time.perf_counter() - t0
 
-    print(f"\n{args.ways}-way, {args.episodes} test episodes per row (the same episodes for both), accuracy % "
-          f"+- 95% CI:")
+    print(
+        f"\n{args.ways}-way, {args.episodes} test episodes per row (the same episodes for both), accuracy % +- 95% CI:"
+    )
     print(f"{'shots':>5} | {'ICL transformer':>16} | {'ProtoNet (NCM)':>16} | {'ICL - ProtoNet':>16}")
     print("-" * 63)
     for r in rows:
-        f = lambda v: f"{100 * v['mean']:6.2f} +- {100 * v['ci95']:4.2f}"  # noqa: E731
+        f = lambda v: f"{100 * v['mean']:6.2f} +- {100 * v['ci95']:4.2f}"
         print(f"{r['shots']:>5} | {f(r['icl']):>16} | {f(r['protonet']):>16} | {f(r['difference']):>16}")
     print(f"evaluation: {eval_s:.1f} s")
 
     os.makedirs(args.out, exist_ok=True)
-    png = fj.plot_accuracy_vs_shots(curves, os.path.join(args.out, "icl_accuracy.png"),
-                                    title=f"In-context {args.ways}-way classification (Gaussian prototypes)")
+    png = fj.plot_accuracy_vs_shots(
+        curves,
+        os.path.join(args.out, "icl_accuracy.png"),
+        title=f"In-context {args.ways}-way classification (Gaussian prototypes)",
+    )
     summary = {
-        "settings": vars(args), "train_steps": result.steps, "train_seconds": result.seconds,
-        "eval_seconds": eval_s, "episode_kwargs": result.episode_kwargs, "rows": rows,
+        "settings": vars(args),
+        "train_steps": result.steps,
+        "train_seconds": result.seconds,
+        "eval_seconds": eval_s,
+        "episode_kwargs": result.episode_kwargs,
+        "rows": rows,
         "history": {"steps": result.history.steps, "metrics": result.history.metrics},
         "platform": {"jax": jax.__version__, "backend": jax.default_backend(), "cpus": os.cpu_count()},
     }

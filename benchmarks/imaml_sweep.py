@@ -26,11 +26,22 @@ def main(argv: list[str]) -> int:
     train_sampler, val_sampler = fj.data.DeviceSampler(train, 5, 1, 15), fj.data.DeviceSampler(val, 5, 1, 15)
     learner = fj.imaml(fj.models.Conv4(num_classes=5, hidden=32), "xent", lr, steps, lam=lam, cg_steps=5)
     t0 = time.time()
-    state, _ = fj.meta_train(learner, optax.adam(1e-3), train_sampler.sample, steps=100_000, meta_batch=4,
-                             key=jax.random.key(0), log_every=25, max_seconds=seconds, progress=False)
+    state, _ = fj.meta_train(
+        learner,
+        optax.adam(1e-3),
+        train_sampler.sample,
+        steps=100_000,
+        meta_batch=4,
+        key=jax.random.key(0),
+        log_every=25,
+        max_seconds=seconds,
+        progress=False,
+    )
     result = fj.evaluate(learner, state.params, val_sampler, episodes=300, key=jax.random.key(1))
-    print(f"lam={lam} steps={steps} lr={lr}: val {100 * result.mean:.1f} +- {100 * result.ci95:.1f} % after "
-          f"{int(state.step)} meta-steps ({time.time() - t0:.0f} s)")
+    print(
+        f"lam={lam} steps={steps} lr={lr}: val {100 * result.mean:.1f} +- {100 * result.ci95:.1f} % after "
+        f"{int(state.step)} meta-steps ({time.time() - t0:.0f} s)"
+    )
     return 0
 
 

@@ -26,8 +26,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="timed steps per window")
     parser.add_argument("--meta-batch", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=64, help="Conv-4 channels")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                      "input_pipeline.json"))
+    parser.add_argument(
+        "--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "input_pipeline.json")
+    )
     args = parser.parse_args()
 
     import jax
@@ -92,7 +93,9 @@ def main() -> None:
                 for _ in range(count):
                     next(batches)
                 loader_eps = count * batch / (time.perf_counter() - t)
-            state = fj.TrainState.create(learner, jax.tree_util.tree_map(jnp.copy, params), optimizer)  # steps donate it
+            state = fj.TrainState.create(
+                learner, jax.tree_util.tree_map(jnp.copy, params), optimizer
+            )  # steps donate it
             batches = loader.iterate(batch, start_index=1000)
             upcoming = jax.tree_util.tree_map(jnp.asarray, next(batches))
 
@@ -114,20 +117,37 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
 
     base = rows["DeviceSampler (data on the device)"]["seconds_per_step"]
-    table = ["| input | ms / step | vs DeviceSampler | waiting for input | loader alone (episodes/s) |",
-             "|---|---|---|---|---|"]
+    table = [
+        "| input | ms / step | vs DeviceSampler | waiting for input | loader alone (episodes/s) |",
+        "|---|---|---|---|---|",
+    ]
     for name, r in rows.items():
         eps = r.get("loader_episodes_per_second")
-        table.append(f"| {name} | {1e3 * r['seconds_per_step']:.1f} | {r['seconds_per_step'] / base:.2f}x | "
-                     f"{100 * r['waiting']:.1f} % | {'-' if eps is None else f'{eps:.0f}'} |")
+        table.append(
+            f"| {name} | {1e3 * r['seconds_per_step']:.1f} | {r['seconds_per_step'] / base:.2f}x | "
+            f"{100 * r['waiting']:.1f} % | {'-' if eps is None else f'{eps:.0f}'} |"
+        )
     print("\n".join(table))
-    command = (f"python benchmarks/input_pipeline.py --classes {args.classes} --steps {args.steps} "
-               f"--meta-batch {batch} --hidden {args.hidden}")
+    command = (
+        f"python benchmarks/input_pipeline.py --classes {args.classes} --steps {args.steps} "
+        f"--meta-batch {batch} --hidden {args.hidden}"
+    )
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"command": command, "files": files, "workload": f"ProtoNet Conv-4 ({args.hidden} channels), "
-                   f"{ways}-way {shots}-shot {queries} queries, meta-batch {batch}", "machine": platform.processor()
-                   or platform.machine(), "cpus": os.cpu_count(), "rows": rows, "table": table}, f, indent=2)
+        json.dump(
+            {
+                "command": command,
+                "files": files,
+                "workload": f"ProtoNet Conv-4 ({args.hidden} channels), "
+                f"{ways}-way {shots}-shot {queries} queries, meta-batch {batch}",
+                "machine": platform.processor() or platform.machine(),
+                "cpus": os.cpu_count(),
+                "rows": rows,
+                "table": table,
+            },
+            f,
+            indent=2,
+        )
 
 
 if __name__ == "__main__":  # grain's worker processes import this file again

@@ -54,10 +54,12 @@ def measure(name: str, steps: int, args) -> dict:
 
     b = args.meta_batch
     rng = np.random.default_rng(0)
-    tasks = fj.Task(jnp.asarray(rng.uniform(0, 1, (b, 5, 28, 28, 1)), jnp.float32),
-                    jnp.tile(jnp.arange(5, dtype=jnp.int32), (b, 1)),
-                    jnp.asarray(rng.uniform(0, 1, (b, 75, 28, 28, 1)), jnp.float32),
-                    jnp.tile(jnp.repeat(jnp.arange(5, dtype=jnp.int32), 15), (b, 1)))
+    tasks = fj.Task(
+        jnp.asarray(rng.uniform(0, 1, (b, 5, 28, 28, 1)), jnp.float32),
+        jnp.tile(jnp.arange(5, dtype=jnp.int32), (b, 1)),
+        jnp.asarray(rng.uniform(0, 1, (b, 75, 28, 28, 1)), jnp.float32),
+        jnp.tile(jnp.repeat(jnp.arange(5, dtype=jnp.int32), 15), (b, 1)),
+    )
     learner = build(name, steps, args.hidden)
     tx = optax.adam(1e-3)
     state = fj.TrainState.create(learner, learner.init(jax.random.key(0), fj.task_at(tasks, 0)), tx)
@@ -75,9 +77,17 @@ def measure(name: str, steps: int, args) -> dict:
         jax.block_until_ready((new_state, metrics))
         times.append(time.perf_counter() - t0)
     peak = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-    return {"contender": name, "inner_steps": steps, "temp_mb": mem.temp_size_in_bytes / 2**20,
-            "peak_mb": peak / 2**20, "step_s": statistics.median(times), "times_s": times, "compile_s": compile_s,
-            "loss": float(metrics["loss"]), "finite": bool(metrics["finite"])}
+    return {
+        "contender": name,
+        "inner_steps": steps,
+        "temp_mb": mem.temp_size_in_bytes / 2**20,
+        "peak_mb": peak / 2**20,
+        "step_s": statistics.median(times),
+        "times_s": times,
+        "compile_s": compile_s,
+        "loss": float(metrics["loss"]),
+        "finite": bool(metrics["finite"]),
+    }
 
 
 def table(rows: list[dict], steps_list: list[int]) -> str:
@@ -102,13 +112,17 @@ def verdicts(rows: list[dict]) -> list[str]:
         if base and r:
             mem, tim = r["peak_mb"] / base["peak_mb"], r["step_s"] / base["step_s"]
             ok = mem <= 0.5 and tim <= 1.4
-            out.append(f"{name} at 20 steps: {mem:.2f}x MAML's peak memory at {tim:.2f}x its time "
-                       f"(target <= 0.5x at <= 1.4x): {'reached' if ok else 'not reached'}")
+            out.append(
+                f"{name} at 20 steps: {mem:.2f}x MAML's peak memory at {tim:.2f}x its time "
+                f"(target <= 0.5x at <= 1.4x): {'reached' if ok else 'not reached'}"
+            )
     lo, hi = by.get(("imaml", 5)), by.get(("imaml", 100))
     if lo and hi:
         growth = hi["peak_mb"] / lo["peak_mb"] - 1
-        out.append(f"imaml peak memory from 5 to 100 steps: {100 * growth:+.1f} % (target within 10 %): "
-                   f"{'reached' if abs(growth) <= 0.10 else 'not reached'}")
+        out.append(
+            f"imaml peak memory from 5 to 100 steps: {100 * growth:+.1f} % (target within 10 %): "
+            f"{'reached' if abs(growth) <= 0.10 else 'not reached'}"
+        )
     return out
 
 
@@ -133,20 +147,40 @@ def main(argv=None) -> int:
         for name in names:
             row = measure(name, steps, args)
             rows.append(row)
-            print(f"{name:10s} {steps:4d} steps: peak {row['peak_mb']:8.1f} MB (temp {row['temp_mb']:8.1f}), "
-                  f"{row['step_s']:.3f} s/step, compile {row['compile_s']:.1f} s", flush=True)
+            print(
+                f"{name:10s} {steps:4d} steps: peak {row['peak_mb']:8.1f} MB (temp {row['temp_mb']:8.1f}), "
+                f"{row['step_s']:.3f} s/step, compile {row['compile_s']:.1f} s",
+                flush=True,
+            )
     text = table(rows, steps_list)
     notes = verdicts(rows)
     print(text)
     print("\n".join(notes))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"command": "python benchmarks/maml_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                   "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                               "jax": jax.__version__, "backend": jax.default_backend()},
-                   "workload": {"model": f"Conv-4, {args.hidden} channels, batch norm", "ways": 5, "shots": 1,
-                                "queries": 15, "meta_batch": args.meta_batch},
-                   "rows": rows, "table": text, "verdicts": notes}, f, indent=2)
+        json.dump(
+            {
+                "command": "python benchmarks/maml_memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "machine": {
+                    "cpu": platform.processor() or platform.machine(),
+                    "cores": os.cpu_count(),
+                    "jax": jax.__version__,
+                    "backend": jax.default_backend(),
+                },
+                "workload": {
+                    "model": f"Conv-4, {args.hidden} channels, batch norm",
+                    "ways": 5,
+                    "shots": 1,
+                    "queries": 15,
+                    "meta_batch": args.meta_batch,
+                },
+                "rows": rows,
+                "table": text,
+                "verdicts": notes,
+            },
+            f,
+            indent=2,
+        )
     return 0
 
 

@@ -146,7 +146,9 @@ def conv_batch(cfg, generator):
 
 def batch_from_npz(cfg, data):
     """Task data written by the fsl_jax side (its layout: NHWC images) -> torch tensors (NCHW)."""
-    sx, sy, qx, qy = (torch.from_numpy(np.asarray(data[f"data/{k}"])) for k in ("support_x", "support_y", "query_x", "query_y"))
+    sx, sy, qx, qy = (
+        torch.from_numpy(np.asarray(data[f"data/{k}"])) for k in ("support_x", "support_y", "query_x", "query_y")
+    )
     if cfg["workload"] == "conv":
         sx, qx = sx.permute(0, 1, 4, 2, 3).contiguous(), qx.permute(0, 1, 4, 2, 3).contiguous()
         sy, qy = sy.long(), qy.long()
@@ -207,7 +209,10 @@ def import_l2l_maml():
     from learn2learn._version import __version__
     from learn2learn.algorithms.maml import MAML
 
-    return MAML, f"learn2learn {__version__} (learn2learn.algorithms.maml imported alone; `import learn2learn` fails: {first_error})"
+    return (
+        MAML,
+        f"learn2learn {__version__} (learn2learn.algorithms.maml imported alone; `import learn2learn` fails: {first_error})",
+    )
 
 
 def l2l_meta_grad_fn(model, loss_fn, cfg):
@@ -261,7 +266,7 @@ def timing(spec):
         sample = lambda: sinusoid_batch(cfg, generator)  # noqa: E731 - fresh tasks every step
     else:
         fixed = conv_batch(cfg, generator)
-        sample = lambda: fixed  # noqa: E731
+        sample = lambda: fixed
     info = {}
     if spec["impl"].startswith("torch_func"):
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg["outer_lr"])
@@ -318,8 +323,12 @@ def timing(spec):
 
 
 def probe():
-    out = {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
-           "threads": torch.get_num_threads()}
+    out = {
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+    }
     try:
         _, how = import_l2l_maml()
         out["learn2learn"] = how

@@ -48,10 +48,28 @@ ONLY_FOR = {"torch_func_bn_ops": ("conv",)}
 GRAD_TOL = 1e-4
 GRAD_FLOOR = 1e-3  # see relative_error
 
-SINUSOID = dict(workload="sinusoid", hidden=[40, 40], shots=10, queries=10, inner_lr=0.01, inner_steps=1,
-                meta_batch=25, outer_lr=1e-3)
-CONV = dict(workload="conv", channels=64, ways=5, shots=1, queries=15, image=28, inner_lr=0.4, inner_steps=5,
-            meta_batch=32, outer_lr=1e-3)
+SINUSOID = dict(
+    workload="sinusoid",
+    hidden=[40, 40],
+    shots=10,
+    queries=10,
+    inner_lr=0.01,
+    inner_steps=1,
+    meta_batch=25,
+    outer_lr=1e-3,
+)
+CONV = dict(
+    workload="conv",
+    channels=64,
+    ways=5,
+    shots=1,
+    queries=15,
+    image=28,
+    inner_lr=0.4,
+    inner_steps=5,
+    meta_batch=32,
+    outer_lr=1e-3,
+)
 WORKLOADS = {"sinusoid": SINUSOID, "conv": CONV}
 # The gradient check: the same workloads, shrunk (float64, 2 tasks, 8 units/channels), inner loop unchanged.
 GRADCHECK_SHRINK = {"sinusoid": dict(hidden=[8, 8], meta_batch=2), "conv": dict(channels=8, meta_batch=2, queries=3)}
@@ -141,9 +159,18 @@ def _fsl_setup(cfg: dict, dtype, remat: bool):
     if cfg["workload"] == "sinusoid":
         model, loss = fj.models.MLP(tuple(cfg["hidden"]), 1, dtype=dtype), "mse"
     else:
-        model, loss = fj.models.Conv4(num_classes=cfg["ways"], hidden=cfg["channels"], norm="batch", dtype=dtype), "xent"
-    learner = fj.maml(model, loss, inner_lr=cfg["inner_lr"], inner_steps=cfg["inner_steps"],
-                      first_order=cfg["first_order"], remat=remat)
+        model, loss = (
+            fj.models.Conv4(num_classes=cfg["ways"], hidden=cfg["channels"], norm="batch", dtype=dtype),
+            "xent",
+        )
+    learner = fj.maml(
+        model,
+        loss,
+        inner_lr=cfg["inner_lr"],
+        inner_steps=cfg["inner_steps"],
+        first_order=cfg["first_order"],
+        remat=remat,
+    )
     return fj, learner
 
 
@@ -156,8 +183,12 @@ def _random_tasks(cfg: dict, rng: np.random.Generator, dtype):
         phase = rng.uniform(0.0, np.pi, (t, 1, 1))
         x = rng.uniform(-5.0, 5.0, (t, s + q, 1))
         y = amp * np.sin(x - phase)
-        return {"support_x": x[:, :s].astype(dtype), "support_y": y[:, :s].astype(dtype),
-                "query_x": x[:, s:].astype(dtype), "query_y": y[:, s:].astype(dtype)}
+        return {
+            "support_x": x[:, :s].astype(dtype),
+            "support_y": y[:, :s].astype(dtype),
+            "query_x": x[:, s:].astype(dtype),
+            "query_y": y[:, s:].astype(dtype),
+        }
     w, s, q, size = cfg["ways"], cfg["shots"], cfg["queries"], cfg["image"]
     return {
         "support_x": rng.uniform(0, 1, (t, w * s, size, size, 1)).astype(dtype),
@@ -297,9 +328,14 @@ def machine_info(torch_probe: dict | None) -> dict:
     except (ValueError, OSError):
         pass
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "platform": platform.platform(),
-        "python": platform.python_version(), **versions,
-        "torch": (torch_probe or {}).get("torch"), "torch_python": (torch_probe or {}).get("python"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": mem_gb,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        **versions,
+        "torch": (torch_probe or {}).get("torch"),
+        "torch_python": (torch_probe or {}).get("python"),
         "torch_threads": (torch_probe or {}).get("threads"),
         "learn2learn": (torch_probe or {}).get("learn2learn") or (torch_probe or {}).get("learn2learn_unavailable"),
         "loadavg_at_start": os.getloadavg(),
@@ -315,7 +351,9 @@ class Runner:
                 self.env[var] = str(args.threads)
             if args.threads == 1:
                 flags = self.env.get("XLA_FLAGS", "")
-                self.env["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1").strip()
+                self.env["XLA_FLAGS"] = (
+                    flags + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+                ).strip()
         self.env["JAX_PLATFORMS"] = self.env.get("JAX_PLATFORMS", "cpu")
 
     def command(self, impl: str, spec: dict) -> list[str]:
@@ -329,8 +367,14 @@ class Runner:
         load = os.getloadavg()[0]
         print(f"  {label} ...", end="", flush=True)
         try:
-            proc = subprocess.run(self.command(impl, spec), capture_output=True, text=True, env=self.env, cwd=ROOT,
-                                  timeout=self.args.timeout)
+            proc = subprocess.run(
+                self.command(impl, spec),
+                capture_output=True,
+                text=True,
+                env=self.env,
+                cwd=ROOT,
+                timeout=self.args.timeout,
+            )
         except subprocess.TimeoutExpired:
             print(f" timed out after {self.args.timeout} s")
             return {"error": f"timed out after {self.args.timeout} s"}
@@ -341,7 +385,7 @@ class Runner:
             why = f"exit {proc.returncode}" + (" (killed: out of memory?)" if proc.returncode in (-9, 137) else "")
             print(f" FAILED ({why}): {tail}")
             return {"error": f"{why}: {tail}"}
-        result = json.loads(lines[-1][len("RESULT "):])
+        result = json.loads(lines[-1][len("RESULT ") :])
         result["wall_s"] = wall
         result["loadavg_1min_before"] = load
         if "step_s" in result:
@@ -361,7 +405,7 @@ def probe_torch(python: str) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
         return {"unavailable": (proc.stderr.strip().splitlines() or ["probe failed"])[-1][:300]}
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def relative_error(grads: dict, ref: dict) -> tuple[float, str]:
@@ -386,7 +430,9 @@ def relative_error(grads: dict, ref: dict) -> tuple[float, str]:
     return worst, worst_name
 
 
-def gradient_check(runner: Runner, impls: list[str], unavailable: dict, workloads: list[str], orders: list[bool]) -> dict:
+def gradient_check(
+    runner: Runner, impls: list[str], unavailable: dict, workloads: list[str], orders: list[bool]
+) -> dict:
     print("Gradient check (float64, same weights and tasks; reference: fsl_jax):")
     report = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -402,12 +448,12 @@ def gradient_check(runner: Runner, impls: list[str], unavailable: dict, workload
                     report[key] = entry
                     continue
                 data = np.load(ref_path)
-                ref = {k[len("grad/"):]: data[k] for k in data.files if k.startswith("grad/")}
+                ref = {k[len("grad/") :]: data[k] for k in data.files if k.startswith("grad/")}
                 entry["reference_max_abs_grad"] = {k: float(np.max(np.abs(v))) for k, v in ref.items()}
                 entry["fsl_jax"] = {"ok": True, "rel_err": 0.0, "reference": True}
                 for variant in ("task_chunk=1", "remat"):
                     prefix = f"variant/{variant}/"
-                    got = {k[len(prefix):]: data[k] for k in data.files if k.startswith(prefix)}
+                    got = {k[len(prefix) :]: data[k] for k in data.files if k.startswith(prefix)}
                     err, name = relative_error(got, ref)
                     entry[f"fsl_jax[{variant}]"] = {"ok": err <= GRAD_TOL, "rel_err": err, "worst": name}
                 for impl in impls:
@@ -417,13 +463,16 @@ def gradient_check(runner: Runner, impls: list[str], unavailable: dict, workload
                         entry[impl] = {"ok": False, "error": f"unavailable: {unavailable[impl]}"}
                         continue
                     out_path = os.path.join(tmp, f"{workload}_{first_order}_{impl}.npz")
-                    res = runner.run(impl, {"mode": "gradcheck", "cfg": cfg, "npz_in": ref_path, "npz_out": out_path},
-                                     f"{key} {impl}")
+                    res = runner.run(
+                        impl,
+                        {"mode": "gradcheck", "cfg": cfg, "npz_in": ref_path, "npz_out": out_path},
+                        f"{key} {impl}",
+                    )
                     if "error" in res:
                         entry[impl] = {"ok": False, "error": res["error"]}
                         continue
                     got = np.load(out_path)
-                    err, name = relative_error({k[len("grad/"):]: got[k] for k in got.files}, ref)
+                    err, name = relative_error({k[len("grad/") :]: got[k] for k in got.files}, ref)
                     entry[impl] = {"ok": err <= GRAD_TOL, "rel_err": err, "worst": name}
                 for impl, e in entry.items():
                     if not isinstance(e, dict) or "ok" not in e:
@@ -449,38 +498,67 @@ def header(head: str) -> list[str]:
 
 
 def table_main(rows: list[dict]) -> str:
-    head = ("| workload | order | impl | meta-batch | grad rel err | compile s | first step s | median step ms | "
-            "steps/s | tasks/s | peak RSS MB | GFLOP/step |")
+    head = (
+        "| workload | order | impl | meta-batch | grad rel err | compile s | first step s | median step ms | "
+        "steps/s | tasks/s | peak RSS MB | GFLOP/step |"
+    )
     lines = header(head)
     for r in rows:
         res = r["result"]
         if "step_s" not in res:
-            cells = [r["workload"], r["order"], r["impl"], str(r["meta_batch"]), fmt(r.get("grad_rel_err"), ".1e"),
-                     res.get("error", "")[:80]] + [""] * 6
+            cells = [
+                r["workload"],
+                r["order"],
+                r["impl"],
+                str(r["meta_batch"]),
+                fmt(r.get("grad_rel_err"), ".1e"),
+                res.get("error", "")[:80],
+            ] + [""] * 6
         else:
-            cells = [r["workload"], r["order"], r["impl"], str(r["meta_batch"]), fmt(r.get("grad_rel_err"), ".1e"),
-                     fmt(res.get("compile_s"), ".1f"), fmt(res["first_step_s"], ".2f"), fmt(res["step_s"] * 1e3, ".1f"),
-                     fmt(1 / res["step_s"], ".2f" if res["step_s"] > 0.1 else ".0f"),
-                     fmt(r["meta_batch"] / res["step_s"], ".1f" if res["step_s"] > 0.1 else ".0f"),
-                     fmt(res["peak_rss_mb"], ".0f"),
-                     fmt(res["matmul_flops"] / 1e9 if res.get("matmul_flops") else None, ".3g")]
+            cells = [
+                r["workload"],
+                r["order"],
+                r["impl"],
+                str(r["meta_batch"]),
+                fmt(r.get("grad_rel_err"), ".1e"),
+                fmt(res.get("compile_s"), ".1f"),
+                fmt(res["first_step_s"], ".2f"),
+                fmt(res["step_s"] * 1e3, ".1f"),
+                fmt(1 / res["step_s"], ".2f" if res["step_s"] > 0.1 else ".0f"),
+                fmt(r["meta_batch"] / res["step_s"], ".1f" if res["step_s"] > 0.1 else ".0f"),
+                fmt(res["peak_rss_mb"], ".0f"),
+                fmt(res["matmul_flops"] / 1e9 if res.get("matmul_flops") else None, ".3g"),
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def table_explore(rows: list[dict]) -> str:
-    head = ("| fsl_jax option (conv, second order, meta-batch 32) | compile s | median step s | peak RSS MB | "
-            "XLA temp MB | GFLOP/step (jaxpr) | XLA cost_analysis GFLOP |")
+    head = (
+        "| fsl_jax option (conv, second order, meta-batch 32) | compile s | median step s | peak RSS MB | "
+        "XLA temp MB | GFLOP/step (jaxpr) | XLA cost_analysis GFLOP |"
+    )
     lines = header(head)
     for r in rows:
         res = r["result"]
         if "step_s" not in res:
             lines.append(f"| {r['variant']} | {res.get('error', '')[:80]} | | | | | |")
             continue
-        lines.append("| " + " | ".join([
-            r["variant"], fmt(res["compile_s"], ".1f"), fmt(res["step_s"], ".2f"), fmt(res["peak_rss_mb"], ".0f"),
-            fmt(res.get("xla_temp_mb"), ".0f"), fmt(res["matmul_flops"] / 1e9, ".1f"),
-            fmt(res["xla_flops"] / 1e9 if res.get("xla_flops") else None, ".1f")]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["variant"],
+                    fmt(res["compile_s"], ".1f"),
+                    fmt(res["step_s"], ".2f"),
+                    fmt(res["peak_rss_mb"], ".0f"),
+                    fmt(res.get("xla_temp_mb"), ".0f"),
+                    fmt(res["matmul_flops"] / 1e9, ".1f"),
+                    fmt(res["xla_flops"] / 1e9 if res.get("xla_flops") else None, ".1f"),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -489,7 +567,9 @@ def table_sweep(rows: list[dict]) -> str:
     sizes: set = set()
     for r in rows:
         if "step_s" in r["result"]:
-            groups.setdefault((r["workload"], r["order"], r["impl"]), {})[r["meta_batch"]] = r["meta_batch"] / r["result"]["step_s"]
+            groups.setdefault((r["workload"], r["order"], r["impl"]), {})[r["meta_batch"]] = (
+                r["meta_batch"] / r["result"]["step_s"]
+            )
             sizes.add(r["meta_batch"])
     sizes_sorted = sorted(sizes)
     head = "| workload | order | impl | " + " | ".join(f"mb {s}" for s in sizes_sorted) + " |"
@@ -509,8 +589,11 @@ def plot_sweep(rows: list[dict], path: str) -> None:
     fig, axes = plt.subplots(1, len(workloads), figsize=(5.5 * len(workloads), 4), squeeze=False)
     for ax, (w, o) in zip(axes[0], workloads):
         for impl in IMPLS:
-            pts = sorted((r["meta_batch"], r["meta_batch"] / r["result"]["step_s"]) for r in rows
-                         if (r["workload"], r["order"], r["impl"]) == (w, o, impl) and "step_s" in r["result"])
+            pts = sorted(
+                (r["meta_batch"], r["meta_batch"] / r["result"]["step_s"])
+                for r in rows
+                if (r["workload"], r["order"], r["impl"]) == (w, o, impl) and "step_s" in r["result"]
+            )
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=impl)
         ax.set_xscale("log", base=2)
@@ -529,20 +612,32 @@ def plot_sweep(rows: list[dict], path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps, trimmed sweeps (< 10 min on 2 CPU cores)")
-    parser.add_argument("--torch-python", default=os.path.join(ROOT, ".venv-bench", "bin", "python"),
-                        help="interpreter with torch (and learn2learn) for the peers")
+    parser.add_argument(
+        "--torch-python",
+        default=os.path.join(ROOT, ".venv-bench", "bin", "python"),
+        help="interpreter with torch (and learn2learn) for the peers",
+    )
     parser.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of " + ",".join(IMPLS))
     parser.add_argument("--workloads", default="sinusoid,conv")
     parser.add_argument("--orders", default="second,first")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="0: each framework's default; N: OMP/MKL threads and torch.set_num_threads(N); "
-                             "1 also turns off XLA:CPU's intra-op thread pool")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="0: each framework's default; N: OMP/MKL threads and torch.set_num_threads(N); "
+        "1 also turns off XLA:CPU's intra-op thread pool",
+    )
     parser.add_argument("--skip-gradcheck", action="store_true", help="time everything without the gradient check")
     parser.add_argument("--gradcheck-only", action="store_true", help="run the gradient check and stop")
     parser.add_argument("--no-explore", action="store_true", help="skip fsl_jax's task_chunk / remat runs")
-    parser.add_argument("--head-to-head", type=int, default=0, metavar="ROUNDS",
-                        help="only: ROUNDS interleaved rounds of learn2learn vs fsl_jax (task_chunk=1, 2) on the conv "
-                             "workload, second order; writes maml_head_to_head.json")
+    parser.add_argument(
+        "--head-to-head",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only: ROUNDS interleaved rounds of learn2learn vs fsl_jax (task_chunk=1, 2) on the conv "
+        "workload, second order; writes maml_head_to_head.json",
+    )
     parser.add_argument("--timeout", type=int, default=900, help="seconds per subprocess")
     parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -570,8 +665,10 @@ def main() -> None:
     elif "learn2learn_unavailable" in probe:
         unavailable["learn2learn"] = probe["learn2learn_unavailable"]
     info = machine_info(probe)
-    print(f"Machine: {info['cpu']}, {info['cores']} cores; jax {info['jax']}, torch {info['torch']}; "
-          f"learn2learn: {info['learn2learn']}; load average {info['loadavg_at_start'][0]:.2f}")
+    print(
+        f"Machine: {info['cpu']}, {info['cores']} cores; jax {info['jax']}, torch {info['torch']}; "
+        f"learn2learn: {info['learn2learn']}; load average {info['loadavg_at_start'][0]:.2f}"
+    )
     for impl, why in unavailable.items():
         print(f"  {impl}: unavailable: {why}")
 
@@ -614,20 +711,41 @@ def main() -> None:
                 rel = check.get("rel_err") if check else None
                 if impl in unavailable:
                     result = {"error": f"unavailable: {unavailable[impl]}"}
-                    rows.append(dict(workload=workload, order=order, impl=impl, meta_batch=WORKLOADS[workload]["meta_batch"],
-                                     grad_rel_err=rel, result=result))
+                    rows.append(
+                        dict(
+                            workload=workload,
+                            order=order,
+                            impl=impl,
+                            meta_batch=WORKLOADS[workload]["meta_batch"],
+                            grad_rel_err=rel,
+                            result=result,
+                        )
+                    )
                     continue
                 if check is not None and not check.get("ok"):
-                    why = check.get("error") or f"gradient differs from fsl_jax's by {check['rel_err']:.2e} > {GRAD_TOL:g}"
+                    why = (
+                        check.get("error")
+                        or f"gradient differs from fsl_jax's by {check['rel_err']:.2e} > {GRAD_TOL:g}"
+                    )
                     print(f"  {key} {impl}: not timed: {why}")
-                    rows.append(dict(workload=workload, order=order, impl=impl, meta_batch=WORKLOADS[workload]["meta_batch"],
-                                     grad_rel_err=rel, result={"error": f"not timed: {why}"}))
+                    rows.append(
+                        dict(
+                            workload=workload,
+                            order=order,
+                            impl=impl,
+                            meta_batch=WORKLOADS[workload]["meta_batch"],
+                            grad_rel_err=rel,
+                            result={"error": f"not timed: {why}"},
+                        )
+                    )
                     continue
                 for mb in sizes:
                     cfg = {**WORKLOADS[workload], "meta_batch": mb, "first_order": first_order}
                     spec = {"mode": "time", "cfg": cfg, "warmup": warmup, "steps": steps, "max_seconds": cap}
                     result = runner.run(impl, spec, f"{key} {impl} meta-batch {mb}")
-                    row = dict(workload=workload, order=order, impl=impl, meta_batch=mb, grad_rel_err=rel, result=result)
+                    row = dict(
+                        workload=workload, order=order, impl=impl, meta_batch=mb, grad_rel_err=rel, result=result
+                    )
                     sweep_rows.append(row)
                     if mb == WORKLOADS[workload]["meta_batch"]:
                         rows.append(row)
@@ -639,16 +757,25 @@ def main() -> None:
         base = next((r for r in rows if (r["workload"], r["order"], r["impl"]) == ("conv", "second", "fsl_jax")), None)
         if base is not None:
             explore.append({"variant": "default (vmap over all 32 tasks)", "result": base["result"]})
-        variants = [("task_chunk=1", {"task_chunk": 1}), ("task_chunk=2", {"task_chunk": 2}),
-                    ("task_chunk=4", {"task_chunk": 4})]
+        variants = [
+            ("task_chunk=1", {"task_chunk": 1}),
+            ("task_chunk=2", {"task_chunk": 2}),
+            ("task_chunk=4", {"task_chunk": 4}),
+        ]
         if not quick:
-            variants += [("task_chunk=8", {"task_chunk": 8}), ("task_chunk=32", {"task_chunk": 32}),
-                         ("remat=True, task_chunk=8", {"remat": True, "task_chunk": 8})]
+            variants += [
+                ("task_chunk=8", {"task_chunk": 8}),
+                ("task_chunk=32", {"task_chunk": 32}),
+                ("remat=True, task_chunk=8", {"remat": True, "task_chunk": 8}),
+            ]
         variants.append(("remat=True", {"remat": True}))
         for name, options in variants:
             cfg = {**CONV, "first_order": False}
-            result = runner.run("fsl_jax", {"mode": "time", "cfg": cfg, "warmup": warmup, "steps": steps,
-                                            "max_seconds": cap, **options}, f"conv/second fsl_jax {name}")
+            result = runner.run(
+                "fsl_jax",
+                {"mode": "time", "cfg": cfg, "warmup": warmup, "steps": steps, "max_seconds": cap, **options},
+                f"conv/second fsl_jax {name}",
+            )
             explore.append({"variant": name, **options, "result": result})
 
     md = ["## MAML throughput", "", table_main(rows), ""]
@@ -695,8 +822,11 @@ def head_to_head(runner: Runner, rounds: int, unavailable: dict, info: dict, gra
     round, so that a slow spell of a shared machine hits every contender; per-round ratios and their median."""
     if "learn2learn" in unavailable:
         raise SystemExit(f"learn2learn unavailable: {unavailable['learn2learn']}")
-    contenders = [("learn2learn", "learn2learn", {}), ("fsl_jax task_chunk=2", "fsl_jax", {"task_chunk": 2}),
-                  ("fsl_jax task_chunk=1", "fsl_jax", {"task_chunk": 1})]
+    contenders = [
+        ("learn2learn", "learn2learn", {}),
+        ("fsl_jax task_chunk=2", "fsl_jax", {"task_chunk": 2}),
+        ("fsl_jax task_chunk=1", "fsl_jax", {"task_chunk": 1}),
+    ]
     cfg = {**CONV, "first_order": False}
     results = {name: [] for name, _, _ in contenders}
     print(f"Head to head, conv/second, meta-batch {cfg['meta_batch']}, {rounds} rounds:")
@@ -704,8 +834,11 @@ def head_to_head(runner: Runner, rounds: int, unavailable: dict, info: dict, gra
         for name, impl, options in contenders:
             spec = {"mode": "time", "cfg": cfg, "warmup": 1, "steps": 5, "max_seconds": 120, **options}
             results[name].append(runner.run(impl, spec, f"round {r + 1} {name}"))
-    lines = ["| contender | step s, each round | median step s | peak RSS MB (max) | learn2learn time / this time, "
-             "each round | median ratio | memory / learn2learn's |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| contender | step s, each round | median step s | peak RSS MB (max) | learn2learn time / this time, "
+        "each round | median ratio | memory / learn2learn's |",
+        "|---|---|---|---|---|---|---|",
+    ]
     base = [res.get("step_s") for res in results["learn2learn"]]
     base_rss = max(res.get("peak_rss_mb", 0) for res in results["learn2learn"])
     summary = {}
@@ -716,21 +849,39 @@ def head_to_head(runner: Runner, rounds: int, unavailable: dict, info: dict, gra
             continue
         ratios = [b / t for b, t in zip(base, steps)]
         rss = max(res["peak_rss_mb"] for res in results[name])
-        summary[name] = {"step_s": steps, "median_step_s": statistics.median(steps), "ratios": ratios,
-                         "median_ratio": statistics.median(ratios), "peak_rss_mb": rss,
-                         "memory_vs_learn2learn": rss / base_rss}
+        summary[name] = {
+            "step_s": steps,
+            "median_step_s": statistics.median(steps),
+            "ratios": ratios,
+            "median_ratio": statistics.median(ratios),
+            "peak_rss_mb": rss,
+            "memory_vs_learn2learn": rss / base_rss,
+        }
         each = ", ".join(f"{t:.2f}" for t in steps)
-        lines.append(f"| {name} | {each} | {statistics.median(steps):.2f} | {rss:.0f} | "
-                     f"{', '.join(f'{x:.2f}' for x in ratios)} | {statistics.median(ratios):.2f}x | "
-                     f"{rss / base_rss:.1f}x |")
+        lines.append(
+            f"| {name} | {each} | {statistics.median(steps):.2f} | {rss:.0f} | "
+            f"{', '.join(f'{x:.2f}' for x in ratios)} | {statistics.median(ratios):.2f}x | "
+            f"{rss / base_rss:.1f}x |"
+        )
     table = "\n".join(lines)
     print()
     print(table)
     path = os.path.join(out, "maml_head_to_head.json")
     with open(path, "w") as f:
-        json.dump({"command": f"python benchmarks/maml_throughput.py --head-to-head {rounds}", "machine": info,
-                   "workload": cfg, "gradcheck": gradcheck, "results": results, "summary": summary, "table": table},
-                  f, indent=1, default=str)
+        json.dump(
+            {
+                "command": f"python benchmarks/maml_throughput.py --head-to-head {rounds}",
+                "machine": info,
+                "workload": cfg,
+                "gradcheck": gradcheck,
+                "results": results,
+                "summary": summary,
+                "table": table,
+            },
+            f,
+            indent=1,
+            default=str,
+        )
     print(f"wrote {path}")
 
 

@@ -114,12 +114,14 @@ def run_fsl_jax(args) -> dict:
     # separate jitted calls so XLA cannot fuse or drop the four identical products
     mm_dd, mm = jax.jit(lambda a, w: a @ w), jax.jit(lambda a, w: a @ w)
     res["matmuls of one layer (6 products, forward)"] = timed(
-        lambda: [mm_dd(x, w_dd) for _ in range(4)] + [mm(x, w_df), mm(x4, w_fd)])
+        lambda: [mm_dd(x, w_dd) for _ in range(4)] + [mm(x, w_df), mm(x4, w_fd)]
+    )
     q, k, v = (jax.random.normal(jax.random.key(i), (b, t, h, d // h)) for i in range(3))
     bias = jnp.zeros((b, 1, 1, t))
     scale = (d // h) ** -0.5
-    attn = jax.jit(jax.grad(lambda q, k, v: jnp.sum(dot_product_attention(q, k, v, bias, None, True, scale)),
-                            argnums=(0, 1, 2)))
+    attn = jax.jit(
+        jax.grad(lambda q, k, v: jnp.sum(dot_product_attention(q, k, v, bias, None, True, scale)), argnums=(0, 1, 2))
+    )
     res["attention core x6 layers (forward + backward)"] = timed(lambda: [attn(q, k, v) for _ in range(6)])
 
     bb = load_backbone("all-MiniLM-L6-v2")
@@ -132,8 +134,11 @@ def run_fsl_jax(args) -> dict:
     grad = jax.jit(jax.grad(lambda p, ids, y: _xent(module.apply({"params": p}, ids), y)))
     res["model forward + backward (dropout off)"] = timed(grad, params, ids, y)
     idx = jnp.arange(b)
-    for dropout, impl, name in ((False, None, "full step, dropout off"), (True, None, "full step, dropout on"),
-                                (True, "rbg", "full step, dropout on, rbg keys")):
+    for dropout, impl, name in (
+        (False, None, "full step, dropout off"),
+        (True, None, "full step, dropout on"),
+        (True, "rbg", "full step, dropout on, rbg keys"),
+    ):
         tx, step, _ = _finetune_fns(module, 1e-4, 1e-4, 0.01, 10_000, dropout)
         state = [(jax.tree_util.tree_map(jnp.array, params), tx.init(params))]
         counter = [0]
@@ -143,6 +148,7 @@ def run_fsl_jax(args) -> dict:
             k = jax.random.key(counter[0], impl=impl) if impl else jax.random.key(counter[0])
             state[0], loss = step(state[0], ids, y, idx, k)
             return loss
+
         res[name] = timed(one)
     return {"jax": jax.__version__, "backend": jax.default_backend(), "results": res, "folder": bb.folder}
 
@@ -168,8 +174,10 @@ def main(argv=None) -> int:
     else:
         print(f"no {args.torch_python}: fsl_jax side only (run `bash benchmarks/setup_bench_env.sh` for PyTorch)")
 
-    print(f"\nMiniLM parts, batch {args.batch} x {args.length} tokens, median of {args.repeats} calls, "
-          f"{os.cpu_count()} CPU cores\n")
+    print(
+        f"\nMiniLM parts, batch {args.batch} x {args.length} tokens, median of {args.repeats} calls, "
+        f"{os.cpu_count()} CPU cores\n"
+    )
     print("| part | fsl_jax (ms) | PyTorch (ms) | PyTorch time / fsl_jax time |")
     print("|---|---|---|---|")
     for name, sec in ours["results"].items():

@@ -108,8 +108,17 @@ def run_fsl_jax(args, ids, y, classes):
         t0 = time.perf_counter()
         state = one(state, 100 + i)
         times.append(time.perf_counter() - t0)
-    return {"first_step_s": first, "step_times_s": times, "jax": jax.__version__, "backend": jax.default_backend(),
-            "logits": reference}, head, bb
+    return (
+        {
+            "first_step_s": first,
+            "step_times_s": times,
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "logits": reference,
+        },
+        head,
+        bb,
+    )
 
 
 def main(argv=None) -> int:
@@ -118,8 +127,12 @@ def main(argv=None) -> int:
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--steps", type=int, default=20, help="timed steps per implementation")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--dropout", choices=("on", "off"), default="on",
-                   help="dropout in both implementations (default on, as FewShotTextClassifier trains)")
+    p.add_argument(
+        "--dropout",
+        choices=("on", "off"),
+        default="on",
+        help="dropout in both implementations (default on, as FewShotTextClassifier trains)",
+    )
     p.add_argument("--torch-python", default=os.path.join(ROOT, ".venv-bench", "bin", "python"))
     p.add_argument("--out", default=os.path.join(HERE, "results", "minilm_throughput.json"))
     args = p.parse_args(argv)
@@ -143,12 +156,25 @@ def main(argv=None) -> int:
     if torch_ok:
         with tempfile.TemporaryDirectory() as tmp:
             batch = os.path.join(tmp, "batch.npz")
-            np.savez(batch, ids=ids.astype(np.int64), mask=mask.astype(np.int64), y=y,
-                     head_w=np.asarray(head["kernel"]), head_b=np.asarray(head["bias"]))
-            cfg = {"batch": batch, "folder": bb.folder, "classes": classes, "steps": args.steps,
-                   "warmup": args.warmup, "dropout": args.dropout == "on"}
-            proc = subprocess.run([args.torch_python, "-c", TORCH_SIDE, json.dumps(cfg)], capture_output=True,
-                                  text=True)
+            np.savez(
+                batch,
+                ids=ids.astype(np.int64),
+                mask=mask.astype(np.int64),
+                y=y,
+                head_w=np.asarray(head["kernel"]),
+                head_b=np.asarray(head["bias"]),
+            )
+            cfg = {
+                "batch": batch,
+                "folder": bb.folder,
+                "classes": classes,
+                "steps": args.steps,
+                "warmup": args.warmup,
+                "dropout": args.dropout == "on",
+            }
+            proc = subprocess.run(
+                [args.torch_python, "-c", TORCH_SIDE, json.dumps(cfg)], capture_output=True, text=True
+            )
         if proc.returncode != 0:
             print(proc.stderr[-3000:])
             raise SystemExit("the transformers PyTorch peer failed (run bash benchmarks/setup_bench_env.sh)")
@@ -162,8 +188,11 @@ def main(argv=None) -> int:
         r["median_step_s"], r["examples_per_s"] = med, args.batch / med
         rows.append((name, med, r["examples_per_s"], r["first_step_s"]))
     if torch_ok:
-        diff = float(np.max(np.abs(np.asarray(results["fsl_jax"]["logits"]) -
-                                   np.asarray(results["transformers_torch"]["logits"]))))
+        diff = float(
+            np.max(
+                np.abs(np.asarray(results["fsl_jax"]["logits"]) - np.asarray(results["transformers_torch"]["logits"]))
+            )
+        )
         print(f"forward parity (dropout off) on the timed batch: max |logits difference| = {diff:.2e}")
         if diff > 1e-3:
             raise SystemExit("the two implementations do not compute the same model; not reporting a ratio")
@@ -172,9 +201,11 @@ def main(argv=None) -> int:
     for r in results.values():
         r["logits"] = None
     base = dict((n, e) for n, _, e, _ in rows).get("transformers_torch")
-    print(f"\nMiniLM fine-tuning step (forward + backward + AdamW, dropout {args.dropout}), batch {args.batch} x "
-          f"{ids.shape[1]}, "
-          f"median of {args.steps} steps after {args.warmup} warm-up; {os.cpu_count()} CPU cores\n")
+    print(
+        f"\nMiniLM fine-tuning step (forward + backward + AdamW, dropout {args.dropout}), batch {args.batch} x "
+        f"{ids.shape[1]}, "
+        f"median of {args.steps} steps after {args.warmup} warm-up; {os.cpu_count()} CPU cores\n"
+    )
     print("| implementation | s / step | examples / s | vs transformers PyTorch | first step (compile) s |")
     print("|---|---|---|---|---|")
     for name, med, eps, first in rows:
@@ -187,8 +218,9 @@ def main(argv=None) -> int:
 def write_result(out: str, doc: dict) -> None:
     """Writes ``doc`` plus the machine and the command line as JSON to ``out``."""
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    doc = dict(doc, machine={"cpus": os.cpu_count(), "platform": platform.platform()},
-               command=" ".join(["python"] + sys.argv))
+    doc = dict(
+        doc, machine={"cpus": os.cpu_count(), "platform": platform.platform()}, command=" ".join(["python"] + sys.argv)
+    )
     with open(out, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=2)
     print(f"\nwritten: {out}")

@@ -28,13 +28,28 @@ if args.worker is None:
     for layout, processes in (("1x8", 1), ("2x4", 2)):
         with socket.create_server(("127.0.0.1", 0)) as free:
             port = free.getsockname()[1]
-        procs = [subprocess.Popen(
-            [sys.executable, __file__, "--worker", layout, "--steps", str(args.steps)], stdout=subprocess.PIPE,
-            text=True, env=dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes}",
-                                JAX_PLATFORMS="cpu", **({"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                                                         "JAX_NUM_PROCESSES": str(processes),
-                                                         "JAX_PROCESS_ID": str(i)} if processes > 1 else {})))
-            for i in range(processes)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--worker", layout, "--steps", str(args.steps)],
+                stdout=subprocess.PIPE,
+                text=True,
+                env=dict(
+                    os.environ,
+                    XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes}",
+                    JAX_PLATFORMS="cpu",
+                    **(
+                        {
+                            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                            "JAX_NUM_PROCESSES": str(processes),
+                            "JAX_PROCESS_ID": str(i),
+                        }
+                        if processes > 1
+                        else {}
+                    ),
+                ),
+            )
+            for i in range(processes)
+        ]
         outputs = [p.communicate()[0] for p in procs]
         if any(p.returncode for p in procs):
             sys.exit(f"{layout} failed: {[p.returncode for p in procs]}")
@@ -46,8 +61,15 @@ if args.worker is None:
     print("\n".join(rows))
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "multihost_step.json"), "w") as f:
-        json.dump({"command": "python benchmarks/multihost_step.py --steps " + str(args.steps),
-                   "seconds_per_step": results, "table": rows}, f, indent=2)
+        json.dump(
+            {
+                "command": "python benchmarks/multihost_step.py --steps " + str(args.steps),
+                "seconds_per_step": results,
+                "table": rows,
+            },
+            f,
+            indent=2,
+        )
     sys.exit(0)
 
 import fsl_jax as fj  # noqa: E402
@@ -73,14 +95,16 @@ def per_step(learner, optimizer, source, meta_batch):
         start, stop = fj.parallel.local_rows(mesh, meta_batch)
 
         def step(state, i):
-            tasks = fj.parallel.global_tasks(source.sample(meta_batch, index=i, start=start, stop=stop), mesh,
-                                             meta_batch)
+            tasks = fj.parallel.global_tasks(
+                source.sample(meta_batch, index=i, start=start, stop=stop), mesh, meta_batch
+            )
             return step_fn(state, tasks, jax.random.key(i))
     else:
         step_fn = fj.make_meta_step(learner, optimizer, sampler=source, meta_batch=meta_batch, mesh=mesh)
 
         def step(state, i):
             return step_fn(state, jax.random.key(0))
+
     state, _ = step(state, 0)
     jax.block_until_ready(state)
     times = []
@@ -97,10 +121,14 @@ sinusoid = fj.maml(fj.models.MLP(hidden=(40, 40)), "mse", inner_lr=0.01, inner_s
 images = np.random.default_rng(0).random((40, 20, 28, 28, 1)).astype(np.float32)
 out = {
     "sinusoid MAML, device-side source, meta-batch 32": per_step(
-        sinusoid, optax.adam(1e-3), functools.partial(fj.data.sinusoid_tasks, shots=10, queries=10), 32),
+        sinusoid, optax.adam(1e-3), functools.partial(fj.data.sinusoid_tasks, shots=10, queries=10), 32
+    ),
     "Conv-4 ProtoNet, HostSampler, meta-batch 8": per_step(
-        fj.protonet(fj.models.Conv4(hidden=32), ways=5), optax.adam(1e-3),
-        fj.data.HostSampler(images, ways=5, shots=1, queries=5), 8),
+        fj.protonet(fj.models.Conv4(hidden=32), ways=5),
+        optax.adam(1e-3),
+        fj.data.HostSampler(images, ways=5, shots=1, queries=5),
+        8,
+    ),
 }
 if fj.parallel.is_primary():
     print(json.dumps(out), flush=True)

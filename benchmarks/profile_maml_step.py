@@ -38,8 +38,10 @@ def main(argv=None) -> int:
     if args.meta_batch < 1 or args.task_chunk < 0:
         p.error(f"--meta-batch must be >= 1 and --task-chunk >= 0, got {args.meta_batch} and {args.task_chunk}")
     tmp = tempfile.mkdtemp(prefix="fsl_jax_profile_")
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={tmp}/hlo --xla_dump_hlo_as_text"
-                               " --xla_dump_hlo_module_re=.*update.*").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={tmp}/hlo --xla_dump_hlo_as_text"
+        " --xla_dump_hlo_module_re=.*update.*"
+    ).strip()
     import jax
 
     sys.path.insert(0, HERE)
@@ -79,15 +81,27 @@ def main(argv=None) -> int:
         shape, source = (m.group(1), m.group(2)) if m else ("", "")
         top.append({"op": name, "seconds": seconds, "shape": shape, "source": source})
         ops.append(f"| `{name}` | {seconds:.3f} | `{shape}` | `{source[-80:]}` |")
-    print(f"Conv-4 second-order MAML, meta-batch {b}, task_chunk {args.task_chunk or 'none (vmap over all)'}: "
-          f"{wall:.2f} s/step under the profiler; {total:.2f} s/step of operations summed over threads\n")
+    print(
+        f"Conv-4 second-order MAML, meta-batch {b}, task_chunk {args.task_chunk or 'none (vmap over all)'}: "
+        f"{wall:.2f} s/step under the profiler; {total:.2f} s/step of operations summed over threads\n"
+    )
     print("\n".join(kinds) + "\n\n" + "\n".join(ops))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         command = "python benchmarks/profile_maml_step.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        json.dump({"command": command.strip(),
-                   "meta_batch": b, "task_chunk": args.task_chunk, "wall_s_per_step": wall,
-                   "ops_s_per_step": total, "per_kind": dict(per_kind.most_common()), "top_ops": top}, f, indent=1)
+        json.dump(
+            {
+                "command": command.strip(),
+                "meta_batch": b,
+                "task_chunk": args.task_chunk,
+                "wall_s_per_step": wall,
+                "ops_s_per_step": total,
+                "per_kind": dict(per_kind.most_common()),
+                "top_ops": top,
+            },
+            f,
+            indent=1,
+        )
     print(f"\nwritten: {args.out}")
     return 0
 

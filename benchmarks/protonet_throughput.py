@@ -39,7 +39,14 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
 from maml_throughput import (  # noqa: E402
-    _flax_to_torch, _random_tasks, fmt, header, machine_info, peak_rss_mb, relative_error)
+    _flax_to_torch,
+    _random_tasks,
+    fmt,
+    header,
+    machine_info,
+    peak_rss_mb,
+    relative_error,
+)
 
 RESULTS = os.path.join(HERE, "results")
 WORKLOADS = {
@@ -109,8 +116,13 @@ def fsl_worker(spec: dict) -> dict:
         times.append(time.perf_counter() - t0)
     if not bool(metrics["finite"]):
         raise FloatingPointError("non-finite loss or gradient")
-    return {"compile_s": compile_s, "first_step_s": first, "step_s": statistics.median(times),
-            "step_times_s": times, "peak_rss_mb": peak_rss_mb()}
+    return {
+        "compile_s": compile_s,
+        "first_step_s": first,
+        "step_s": statistics.median(times),
+        "step_times_s": times,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 # ========================================================================================================= torch side
@@ -152,8 +164,10 @@ def torch_worker(spec: dict) -> dict:
         arrays = {k: data[f"data/{k}"] for k in ("support_x", "support_y", "query_x", "query_y")}
     else:
         arrays = random_tasks(cfg, 0, np.float32)
-    sx, qx = (torch.from_numpy(np.ascontiguousarray(arrays[k].transpose(0, 1, 4, 2, 3))).to(dtype)
-              for k in ("support_x", "query_x"))
+    sx, qx = (
+        torch.from_numpy(np.ascontiguousarray(arrays[k].transpose(0, 1, 4, 2, 3))).to(dtype)
+        for k in ("support_x", "query_x")
+    )
     sy, qy = (torch.from_numpy(arrays[k].astype(np.int64)) for k in ("support_y", "query_y"))
     ways = cfg["ways"]
 
@@ -189,8 +203,15 @@ def torch_worker(spec: dict) -> dict:
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
-    return {"compile_s": None, "first_step_s": first, "step_s": statistics.median(times), "step_times_s": times,
-            "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    return {
+        "compile_s": None,
+        "first_step_s": first,
+        "step_s": statistics.median(times),
+        "step_times_s": times,
+        "peak_rss_mb": peak_rss_mb(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
 
 
 # ======================================================================================================= orchestrator
@@ -204,8 +225,14 @@ def run_worker(args, impl: str, spec: dict, label: str) -> dict:
     print(f"  {label} ...", end="", flush=True)
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([python, os.path.abspath(__file__), flag, payload], capture_output=True, text=True,
-                              env=env, cwd=ROOT, timeout=args.timeout)
+        proc = subprocess.run(
+            [python, os.path.abspath(__file__), flag, payload],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=args.timeout,
+        )
     except subprocess.TimeoutExpired:
         print(f" timed out after {args.timeout} s")
         return {"error": f"timed out after {args.timeout} s"}
@@ -214,10 +241,12 @@ def run_worker(args, impl: str, spec: dict, label: str) -> dict:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
         print(f" FAILED (exit {proc.returncode}): {tail}")
         return {"error": f"exit {proc.returncode}: {tail}"}
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     if "step_s" in result:
-        print(f" {result['step_s'] * 1e3:.1f} ms/step, peak RSS {result['peak_rss_mb']:.0f} MB "
-              f"({time.perf_counter() - t0:.0f} s)")
+        print(
+            f" {result['step_s'] * 1e3:.1f} ms/step, peak RSS {result['peak_rss_mb']:.0f} MB "
+            f"({time.perf_counter() - t0:.0f} s)"
+        )
     else:
         print(f" done ({time.perf_counter() - t0:.0f} s)")
     return result
@@ -232,7 +261,7 @@ def gradient_check(args, impls) -> dict:
         if "error" in res:
             return {impl: {"ok": False, "error": res["error"]} for impl in impls}
         data = np.load(ref_path)
-        ref = {k[len("grad/"):]: data[k] for k in data.files if k.startswith("grad/")}
+        ref = {k[len("grad/") :]: data[k] for k in data.files if k.startswith("grad/")}
         for impl in impls:
             out = os.path.join(tmp, f"{impl}.npz")
             if impl == "fsl_jax":
@@ -246,23 +275,26 @@ def gradient_check(args, impls) -> dict:
                 report[impl] = {"ok": False, "error": res["error"]}
                 continue
             got = np.load(out)
-            err, worst = relative_error({k[len("grad/"):]: got[k] for k in got.files if k.startswith("grad/")}, ref)
+            err, worst = relative_error({k[len("grad/") :]: got[k] for k in got.files if k.startswith("grad/")}, ref)
             report[impl] = {"ok": err <= GRAD_TOL, "rel_err": err, "worst": worst}
             print(f"    {impl:14s} max rel err {err:.2e}  {'ok' if err <= GRAD_TOL else 'REFUSED'}")
     return report
 
 
 def table(rows: list[dict]) -> str:
-    lines = header("| workload | impl | images/step | compile s | median step ms | steps/s | images/s | "
-                   "vs torch | peak RSS MB |")
+    lines = header(
+        "| workload | impl | images/step | compile s | median step ms | steps/s | images/s | vs torch | peak RSS MB |"
+    )
     for r in rows:
         res = r["result"]
         if "step_s" not in res:
             lines.append(f"| {r['workload']} | {r['impl']} | {r['images']} | {res.get('error', '')[:60]} | | | | | |")
             continue
-        lines.append(f"| {r['workload']} | {r['impl']} | {r['images']} | {fmt(res.get('compile_s'))} | "
-                     f"{res['step_s'] * 1e3:.1f} | {1 / res['step_s']:.2f} | {r['images'] / res['step_s']:.0f} | "
-                     f"{fmt(r.get('speedup_vs_torch'), '.2f')}x | {res['peak_rss_mb']:.0f} |")
+        lines.append(
+            f"| {r['workload']} | {r['impl']} | {r['images']} | {fmt(res.get('compile_s'))} | "
+            f"{res['step_s'] * 1e3:.1f} | {1 / res['step_s']:.2f} | {r['images'] / res['step_s']:.0f} | "
+            f"{fmt(r.get('speedup_vs_torch'), '.2f')}x | {res['peak_rss_mb']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -308,8 +340,9 @@ def main(argv=None) -> int:
             if not grads.get(impl, {}).get("ok"):
                 res = {"error": f"not timed: gradient check failed ({grads.get(impl)})"}
             else:
-                res = run_worker(args, impl, {"mode": "time", "cfg": cfg, "steps": steps, "warmup": warmup},
-                                 f"{w} {impl}")
+                res = run_worker(
+                    args, impl, {"mode": "time", "cfg": cfg, "steps": steps, "warmup": warmup}, f"{w} {impl}"
+                )
             by_impl[impl] = res
             rows.append({"workload": w, "impl": impl, "config": cfg, "images": images, "result": res})
         torch_s = by_impl.get("torch", {}).get("step_s")
@@ -319,10 +352,15 @@ def main(argv=None) -> int:
     md = table(rows)
     print()
     print(md)
-    doc = {"benchmark": "ProtoNet Conv-4 meta-training step (forward + backward + Adam)", "quick": args.quick,
-           "command": "python benchmarks/protonet_throughput.py" + (" --quick" if args.quick else ""),
-           "machine": machine_info(None), "gradient_check": grads, "rows": rows,
-           "total_seconds": time.perf_counter() - t_start}
+    doc = {
+        "benchmark": "ProtoNet Conv-4 meta-training step (forward + backward + Adam)",
+        "quick": args.quick,
+        "command": "python benchmarks/protonet_throughput.py" + (" --quick" if args.quick else ""),
+        "machine": machine_info(None),
+        "gradient_check": grads,
+        "rows": rows,
+        "total_seconds": time.perf_counter() - t_start,
+    }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=2)

@@ -53,24 +53,40 @@ def run(methods, shots_list, draws, test_per_class, max_length, out, progress):
             t0 = time.perf_counter()
             for d in range(draws):
                 sx, sy, tx, ty = few_shot_split(ds, shots, seed=d + 1, test_per_class=test_per_class, test_seed=0)
-                clf = FewShotTextClassifier("all-MiniLM-L6-v2", method, seed=d, max_length=max_length,
-                                            progress=progress, **SETTINGS[method])
+                clf = FewShotTextClassifier(
+                    "all-MiniLM-L6-v2", method, seed=d, max_length=max_length, progress=progress, **SETTINGS[method]
+                )
                 t_fit = time.perf_counter()
                 clf.fit(sx, sy)
                 fit_s.append(time.perf_counter() - t_fit)
                 accs.append(clf.score(tx, ty))
-                print(f"  {method:9s} K={shots:2d} draw {d}: accuracy {100 * accs[-1]:.1f} %, fit {fit_s[-1]:.0f} s",
-                      flush=True)
+                print(
+                    f"  {method:9s} K={shots:2d} draw {d}: accuracy {100 * accs[-1]:.1f} %, fit {fit_s[-1]:.0f} s",
+                    flush=True,
+                )
             wall = time.perf_counter() - t0
             ci = mean_ci(accs)
-            row = {"method": method, "shots": shots, "draws": draws, "accuracy_mean": ci.mean,
-                   "accuracy_ci95": ci.ci95, "accuracy_std": ci.std, "per_draw": accs, "wall_seconds": wall,
-                   "fit_seconds_mean": float(np.mean(fit_s)), "settings": SETTINGS[method],
-                   "fit_info_last_draw": {k: v for k, v in clf.fit_info_.items()
-                                          if isinstance(v, (int, float, str, dict)) or v is None}}
+            row = {
+                "method": method,
+                "shots": shots,
+                "draws": draws,
+                "accuracy_mean": ci.mean,
+                "accuracy_ci95": ci.ci95,
+                "accuracy_std": ci.std,
+                "per_draw": accs,
+                "wall_seconds": wall,
+                "fit_seconds_mean": float(np.mean(fit_s)),
+                "settings": SETTINGS[method],
+                "fit_info_last_draw": {
+                    k: v for k, v in clf.fit_info_.items() if isinstance(v, (int, float, str, dict)) or v is None
+                },
+            }
             rows.append(row)
-            print(f"{method:9s} K={shots:2d}: {100 * ci.mean:.1f} +- {100 * ci.ci95:.1f} % over {draws} draws, "
-                  f"wall {wall:.0f} s", flush=True)
+            print(
+                f"{method:9s} K={shots:2d}: {100 * ci.mean:.1f} +- {100 * ci.ci95:.1f} % over {draws} draws, "
+                f"wall {wall:.0f} s",
+                flush=True,
+            )
             _write(out, rows, draws, test_per_class, max_length, jax)
     return rows
 
@@ -82,7 +98,7 @@ def _write(out, rows, draws, test_per_class, max_length, jax):
         "protocol": f"fixed test set of {test_per_class} per class (seed 0), {draws} support draws (seeds 1..{draws})",
         "max_length": max_length,
         "machine": f"{platform.machine()} {os.cpu_count()} CPU cores (shared), jax {jax.__version__} "
-                   f"{jax.default_backend()}",
+        f"{jax.default_backend()}",
         "rows": rows,
     }
     with open(out, "w", encoding="utf-8") as f:
@@ -100,8 +116,11 @@ def table(rows) -> str:
         cells = []
         for k in shots:
             r = by.get((m, k))
-            cells += ["-", "-"] if r is None else [f"{100 * r['accuracy_mean']:.1f} +- {100 * r['accuracy_ci95']:.1f}",
-                                                   f"{r['wall_seconds']:.0f}"]
+            cells += (
+                ["-", "-"]
+                if r is None
+                else [f"{100 * r['accuracy_mean']:.1f} +- {100 * r['accuracy_ci95']:.1f}", f"{r['wall_seconds']:.0f}"]
+            )
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -113,15 +132,18 @@ def main(argv=None) -> int:
     p.add_argument("--draws", type=int, default=10)
     p.add_argument("--test-per-class", type=int, default=100)
     p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                                 "text_accuracy.json"))
+    p.add_argument(
+        "--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "text_accuracy.json")
+    )
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     rows = run(args.methods, args.shots, args.draws, args.test_per_class, args.max_length, args.out, args.progress)
     print()
-    print(f"BBC News 5-way, all-MiniLM-L6-v2, max_length {args.max_length}, test {args.test_per_class} per class, "
-          f"mean +- 95% CI over {args.draws} draws; total {time.perf_counter() - t0:.0f} s")
+    print(
+        f"BBC News 5-way, all-MiniLM-L6-v2, max_length {args.max_length}, test {args.test_per_class} per class, "
+        f"mean +- 95% CI over {args.draws} draws; total {time.perf_counter() - t0:.0f} s"
+    )
     print(table(rows))
     print(f"\nwritten: {args.out}")
     return 0

@@ -56,10 +56,12 @@ def conv_maml_step(meta_batch: int, conv_impl: str = "im2col", task_chunk: int |
     model = fj.models.Conv4(num_classes=5, hidden=64, norm="batch", conv_impl=conv_impl)
     learner = fj.maml(model, "xent", inner_lr=0.4, inner_steps=5)
     rng = np.random.default_rng(0)
-    tasks = fj.Task(jnp.asarray(rng.uniform(0, 1, (b, 5, 28, 28, 1)), jnp.float32),
-                    jnp.tile(jnp.arange(5, dtype=jnp.int32), (b, 1)),
-                    jnp.asarray(rng.uniform(0, 1, (b, 75, 28, 28, 1)), jnp.float32),
-                    jnp.tile(jnp.repeat(jnp.arange(5, dtype=jnp.int32), 15), (b, 1)))
+    tasks = fj.Task(
+        jnp.asarray(rng.uniform(0, 1, (b, 5, 28, 28, 1)), jnp.float32),
+        jnp.tile(jnp.arange(5, dtype=jnp.int32), (b, 1)),
+        jnp.asarray(rng.uniform(0, 1, (b, 75, 28, 28, 1)), jnp.float32),
+        jnp.tile(jnp.repeat(jnp.arange(5, dtype=jnp.int32), 15), (b, 1)),
+    )
     tx = optax.adam(1e-3)
     state = fj.TrainState.create(learner, learner.init(jax.random.key(0), fj.task_at(tasks, 0)), tx)
     step = fj.make_meta_step(learner, tx, task_chunk=task_chunk, donate=donate)
@@ -83,8 +85,13 @@ def worker(spec: dict) -> dict:
         times.append(time.perf_counter() - t0)
     import resource
 
-    return {"compile_s": compile_s, "step_s": statistics.median(times), "times": times, "first_loss": loss,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "compile_s": compile_s,
+        "step_s": statistics.median(times),
+        "times": times,
+        "first_loss": loss,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def main(argv=None) -> int:
@@ -110,48 +117,72 @@ def main(argv=None) -> int:
         for impl in args.conv_impls.split(","):
             if impl == "xla" and name not in XLA_CONV_SETTINGS and not args.all:
                 continue
-            env = dict(os.environ, JAX_PLATFORMS="cpu",
-                       XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + SETTINGS[name]).strip())
+            env = dict(
+                os.environ,
+                JAX_PLATFORMS="cpu",
+                XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + SETTINGS[name]).strip(),
+            )
             spec = {"meta_batch": args.meta_batch, "steps": args.steps, "conv_impl": impl}
             print(f"  {name:32s} {impl:7s} ...", end="", flush=True)
             try:
-                proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
-                                      capture_output=True, text=True, env=env, cwd=ROOT, timeout=args.timeout)
+                proc = subprocess.run(
+                    [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    cwd=ROOT,
+                    timeout=args.timeout,
+                )
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
                 if proc.returncode or not lines:
                     res = {"error": (proc.stderr.strip().splitlines() or ["(no output)"])[-1][:200]}
                 else:
-                    res = json.loads(lines[-1][len("RESULT "):])
+                    res = json.loads(lines[-1][len("RESULT ") :])
             except subprocess.TimeoutExpired:
                 res = {"error": f"timed out after {args.timeout} s"}
             if "step_s" in res:
                 ref.setdefault(impl, res["first_loss"])
                 res["loss_rel_diff"] = abs(res["first_loss"] - ref[impl]) / abs(ref[impl])
-                print(f" {res['step_s']:.2f} s/step, compile {res['compile_s']:.0f} s, loss diff "
-                      f"{res['loss_rel_diff']:.1e}")
+                print(
+                    f" {res['step_s']:.2f} s/step, compile {res['compile_s']:.0f} s, loss diff "
+                    f"{res['loss_rel_diff']:.1e}"
+                )
             else:
                 print(f" FAILED: {res['error']}")
             rows.append({"setting": name, "xla_flags": SETTINGS[name], "conv_impl": impl, "result": res})
     base = {r["conv_impl"]: r["result"].get("step_s") for r in rows if r["setting"] == "default"}
-    lines = ["| setting | XLA_FLAGS | conv path | s/step | vs default | compile s | peak RSS MB | loss rel. diff |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | XLA_FLAGS | conv path | s/step | vs default | compile s | peak RSS MB | loss rel. diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         res = r["result"]
         if "step_s" not in res:
-            lines.append(f"| {r['setting']} | `{r['xla_flags']}` | {r['conv_impl']} | failed: {res['error'][:60]} "
-                         "| | | | |")
+            lines.append(
+                f"| {r['setting']} | `{r['xla_flags']}` | {r['conv_impl']} | failed: {res['error'][:60]} | | | | |"
+            )
             continue
         speed = base.get(r["conv_impl"]) / res["step_s"] if base.get(r["conv_impl"]) else float("nan")
         flag = "" if res["loss_rel_diff"] <= 1e-4 else " (changed)"
-        lines.append(f"| {r['setting']} | `{r['xla_flags']}` | {r['conv_impl']} | {res['step_s']:.2f} | {speed:.2f}x "
-                     f"| {res['compile_s']:.0f} | {res['peak_rss_mb']:.0f} | {res['loss_rel_diff']:.1e}{flag} |")
+        lines.append(
+            f"| {r['setting']} | `{r['xla_flags']}` | {r['conv_impl']} | {res['step_s']:.2f} | {speed:.2f}x "
+            f"| {res['compile_s']:.0f} | {res['peak_rss_mb']:.0f} | {res['loss_rel_diff']:.1e}{flag} |"
+        )
     table = "\n".join(lines)
     print(f"\nConv-4 second-order MAML, meta-batch {args.meta_batch}, median of {args.steps} steps\n")
     print(table)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
-        json.dump({"command": "python benchmarks/xla_cpu_flags.py", "meta_batch": args.meta_batch, "rows": rows,
-                   "table": table}, f, indent=2)
+        json.dump(
+            {
+                "command": "python benchmarks/xla_cpu_flags.py",
+                "meta_batch": args.meta_batch,
+                "rows": rows,
+                "table": table,
+            },
+            f,
+            indent=2,
+        )
     print(f"\nwritten: {args.out}")
     return 0
 

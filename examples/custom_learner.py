@@ -40,7 +40,16 @@ data = fj.data.digits().data  # [10 classes, 174, 8, 8, 1]
 train = fj.data.DeviceSampler(data[:5], ways=5, shots=1, queries=10)
 test = fj.data.DeviceSampler(data[5:], ways=5, shots=1, queries=10)
 learner = centroid_learner(fj.models.Conv4(hidden=32, blocks=3), ways=5)
-state, history = fj.meta_train(learner, optax.adam(1e-3), train.sample, steps=30 if args.quick else 1000,
-                               meta_batch=8, key=jax.random.key(0), progress=not args.quick)
-print("unseen digits 5-9, 5-way 1-shot:", fj.evaluate(learner, state.params, test, episodes=100 if args.quick else 600,
-                                                      key=jax.random.key(1)))
+state, history = fj.meta_train(
+    learner,
+    optax.adam(1e-3),
+    train.sample,
+    steps=30 if args.quick else 1000,
+    meta_batch=8,
+    key=jax.random.key(0),
+    progress=not args.quick,
+)
+print(
+    "unseen digits 5-9, 5-way 1-shot:",
+    fj.evaluate(learner, state.params, test, episodes=100 if args.quick else 600, key=jax.random.key(1)),
+)

@@ -1,7 +1,7 @@
 """ProtoNet on the offline glyph benchmark: accuracy with a 95 % CI and a confusion-matrix PNG.
 
-    python examples/glyphs_protonet.py            # 5-way 1-shot, 3 minutes of training on a laptop CPU
-    python examples/glyphs_protonet.py --quick    # a smoke run on a few classes
+python examples/glyphs_protonet.py            # 5-way 1-shot, 3 minutes of training on a laptop CPU
+python examples/glyphs_protonet.py --quick    # a smoke run on a few classes
 """
 
 import argparse
@@ -28,9 +28,17 @@ ways, queries = 5, 15
 learner = fj.protonet(fj.models.Conv4(hidden=16 if args.quick else 64), ways)
 train_tasks = fj.data.DeviceSampler(train.data, ways, args.shots, queries)
 test_tasks = fj.data.DeviceSampler(test.data, ways, args.shots, queries)
-state, history = fj.meta_train(learner, optax.adam(1e-3), train_tasks.sample, steps=10 if args.quick else 100_000,
-                               meta_batch=4, key=jax.random.key(0), log_every=5 if args.quick else 10,
-                               progress=not args.quick, max_seconds=args.seconds)
+state, history = fj.meta_train(
+    learner,
+    optax.adam(1e-3),
+    train_tasks.sample,
+    steps=10 if args.quick else 100_000,
+    meta_batch=4,
+    key=jax.random.key(0),
+    log_every=5 if args.quick else 10,
+    progress=not args.quick,
+    max_seconds=args.seconds,
+)
 result = fj.evaluate(learner, state.params, test_tasks, episodes=20 if args.quick else 600, key=jax.random.key(1))
 print(f"5-way {args.shots}-shot on unseen scripts after {int(state.step)} steps: {result}")
 

@@ -1,7 +1,7 @@
 """Your data is a folder of images, one sub-folder per class: ProtoNet on Meta-Dataset-style variable episodes.
 
-    python examples/image_folder_episodes.py            # 5..10-way episodes, 2 minutes of training on a laptop CPU
-    python examples/image_folder_episodes.py --quick    # a smoke run on a few classes
+python examples/image_folder_episodes.py            # 5..10-way episodes, 2 minutes of training on a laptop CPU
+python examples/image_folder_episodes.py --quick    # a smoke run on a few classes
 """
 
 import argparse
@@ -44,13 +44,23 @@ def main():
     encoder = fj.models.Conv4(hidden=16 if args.quick else 64, norm="layer")
     learner = fj.protonet(encoder, ways=loader.max_ways)
     t0 = time.perf_counter()
-    state, history = fj.meta_train(learner, optax.adam(1e-3), loader, steps=6 if args.quick else 100_000,
-                                   meta_batch=2 if args.quick else 4, key=jax.random.key(0),
-                                   log_every=3 if args.quick else 10, progress=not args.quick,
-                                   max_seconds=args.seconds, checkpoint_dir=os.path.join(args.out, "checkpoints"))
+    state, history = fj.meta_train(
+        learner,
+        optax.adam(1e-3),
+        loader,
+        steps=6 if args.quick else 100_000,
+        meta_batch=2 if args.quick else 4,
+        key=jax.random.key(0),
+        log_every=3 if args.quick else 10,
+        progress=not args.quick,
+        max_seconds=args.seconds,
+        checkpoint_dir=os.path.join(args.out, "checkpoints"),
+    )
     seconds = time.perf_counter() - t0
-    print(f"meta-trained {int(state.step)} steps in {seconds:.0f} s ({seconds / int(state.step):.2f} s per step, "
-          f"compilation included); last training loss {history.metrics[-1]['loss']:.3f}")
+    print(
+        f"meta-trained {int(state.step)} steps in {seconds:.0f} s ({seconds / int(state.step):.2f} s per step, "
+        f"compilation included); last training loss {history.metrics[-1]['loss']:.3f}"
+    )
 
     # 5. Fixed 5-way 1-shot episodes from the held-out folder; a 5-way ProtoNet shares the trained encoder's weights.
     episodes = 20 if args.quick else 600

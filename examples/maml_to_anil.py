@@ -1,7 +1,7 @@
 """The same Conv-4 trained with MAML, FOMAML and ANIL: time and accuracy side by side.
 
-    python examples/maml_to_anil.py            # 60 s of training each on glyphs, 5-way 1-shot
-    python examples/maml_to_anil.py --quick
+python examples/maml_to_anil.py            # 60 s of training each on glyphs, 5-way 1-shot
+python examples/maml_to_anil.py --quick
 """
 
 import argparse
@@ -29,8 +29,9 @@ learners = {
 rows = []
 for name, learner in learners.items():
     step = fj.make_meta_step(learner, optax.adam(1e-3), sampler=train.sample, meta_batch=4)
-    state = fj.TrainState.create(learner, learner.init(jax.random.key(0), fj.task_at(train.sample(jax.random.key(0), 1), 0)),
-                                 optax.adam(1e-3))
+    state = fj.TrainState.create(
+        learner, learner.init(jax.random.key(0), fj.task_at(train.sample(jax.random.key(0), 1), 0)), optax.adam(1e-3)
+    )
     t0 = time.perf_counter()
     state, _ = step(state, jax.random.key(1))
     jax.block_until_ready(state.params)
@@ -44,4 +45,6 @@ for name, learner in learners.items():
 
 print("| learner | compile (s) | s / meta-step | meta-steps | 5-way 1-shot accuracy |\n|---|---|---|---|---|")
 for name, compile_s, per_step, steps, result in rows:
-    print(f"| {name} | {compile_s:.1f} | {per_step:.3f} | {steps} | {100 * result.mean:.1f} +- {100 * result.ci95:.1f} % |")
+    print(
+        f"| {name} | {compile_s:.1f} | {per_step:.3f} | {steps} | {100 * result.mean:.1f} +- {100 * result.ci95:.1f} % |"
+    )

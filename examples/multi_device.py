@@ -31,21 +31,28 @@ steps = 50 if args.quick else 2000
 
 
 def train(n, **kw):
-    return fj.meta_train(learner, optax.sgd(0.05), source, steps=n, meta_batch=8 * mesh.size, key=jax.random.key(0),
-                         progress=False, **kw)[0]
+    return fj.meta_train(
+        learner, optax.sgd(0.05), source, steps=n, meta_batch=8 * mesh.size, key=jax.random.key(0), progress=False, **kw
+    )[0]
 
 
 def max_diff(a, b):
-    return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree_util.tree_leaves(a.params),
-                                                            jax.tree_util.tree_leaves(b.params)))
+    return max(
+        float(np.max(np.abs(x - y)))
+        for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params))
+    )
 
 
 # The same computation up to the order of floating-point sums (per-device partial means, then an all-reduce):
-print(f"after 50 steps, max |sharded - single-device| parameter difference: "
-      f"{max_diff(train(50, mesh=mesh), train(50)):.1e}")
+print(
+    f"after 50 steps, max |sharded - single-device| parameter difference: "
+    f"{max_diff(train(50, mesh=mesh), train(50)):.1e}"
+)
 # Over thousands of SGD steps such rounding differences grow (as they do on one device with another summation
 # order, e.g. task_chunk=8): compare what the two runs reach rather than their bits.
 sharded, single = train(steps, mesh=mesh), train(steps)
 for name, state in (("sharded", sharded), ("single-device", single)):
-    print(f"{name:13s} after {steps} steps:", fj.evaluate(learner, state.params, source, episodes=600 if not args.quick
-                                                            else 100, key=jax.random.key(1)))
+    print(
+        f"{name:13s} after {steps} steps:",
+        fj.evaluate(learner, state.params, source, episodes=600 if not args.quick else 100, key=jax.random.key(1)),
+    )

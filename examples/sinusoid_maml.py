@@ -1,7 +1,7 @@
 """MAML vs Meta-SGD on sinusoid regression, with a plot of the adapted curves.
 
-    python examples/sinusoid_maml.py            # 10,000 meta-steps each, ~30 s on a laptop CPU
-    python examples/sinusoid_maml.py --quick    # a smoke run
+python examples/sinusoid_maml.py            # 10,000 meta-steps each, ~30 s on a laptop CPU
+python examples/sinusoid_maml.py --quick    # a smoke run
 """
 
 import argparse
@@ -30,8 +30,16 @@ probe = fj.task_at(fj.data.sinusoid_tasks(jax.random.key(42), 1, args.shots, 1),
 grid = jnp.linspace(-5, 5, 200)[:, None]
 curves = {}
 for name, learner in learners.items():
-    state, _ = fj.meta_train(learner, optax.adam(1e-3), train, steps=steps, meta_batch=25,
-                             key=jax.random.key(0), progress=not args.quick, desc=name)
+    state, _ = fj.meta_train(
+        learner,
+        optax.adam(1e-3),
+        train,
+        steps=steps,
+        meta_batch=25,
+        key=jax.random.key(0),
+        progress=not args.quick,
+        desc=name,
+    )
     result = fj.evaluate(learner, state.params, test, episodes=episodes, key=jax.random.key(1))
     print(f"{name:8s} {args.shots}-shot post-adaptation {result}")
     adapted = learner.adapt(state.params, probe, jax.random.key(0))
@@ -41,6 +49,7 @@ for name, learner in learners.items():
 x, y = np.asarray(probe.support_x[:, 0]), np.asarray(probe.support_y[:, 0])
 (a, b), *_ = np.linalg.lstsq(np.stack([np.sin(x), -np.cos(x)], 1), y, rcond=None)
 curves["truth"] = np.hypot(a, b) * np.sin(np.asarray(grid[:, 0]) - np.arctan2(b, a))
-path = fj.plots.plot_regression_fits(np.asarray(grid[:, 0]), curves, args.out, points=(x, y),
-                                     title=f"{args.shots}-shot sinusoid after one inner step")
+path = fj.plots.plot_regression_fits(
+    np.asarray(grid[:, 0]), curves, args.out, points=(x, y), title=f"{args.shots}-shot sinusoid after one inner step"
+)
 print(f"plot: {path}")

@@ -27,10 +27,12 @@ print(f"BBC News: {len(data)} articles, classes {data.class_counts()}")
 
 # K support articles per class, and a disjoint test set drawn once (seed 0) as in the README table.
 support_x, support_y, test_x, test_y = fj.data.text.few_shot_split(
-    data, args.shots, seed=args.seed, test_per_class=20 if args.quick else 100, test_seed=0)
+    data, args.shots, seed=args.seed, test_per_class=20 if args.quick else 100, test_seed=0
+)
 
-clf = FewShotTextClassifier("all-MiniLM-L6-v2", method, seed=0, max_length=64 if args.quick else 128,
-                            progress=not args.quick)
+clf = FewShotTextClassifier(
+    "all-MiniLM-L6-v2", method, seed=0, max_length=64 if args.quick else 128, progress=not args.quick
+)
 start = time.perf_counter()
 clf.fit(support_x, support_y)
 print(f"fit {method} on {len(support_x)} articles in {time.perf_counter() - start:.1f} s")
@@ -41,8 +43,13 @@ index = {c: i for i, c in enumerate(clf.classes_)}
 report = fj.classification_report([index[y] for y in test_y], [index[y] for y in predicted], label_names=names)
 print(report)
 
-print("one prediction:", repr(test_x[0][:70]) + "...", "->", predicted[0],
-      {c: round(float(p), 3) for c, p in zip(names, clf.predict_proba(test_x[:1])[0])})
+print(
+    "one prediction:",
+    repr(test_x[0][:70]) + "...",
+    "->",
+    predicted[0],
+    {c: round(float(p), 3) for c, p in zip(names, clf.predict_proba(test_x[:1])[0])},
+)
 if args.save:
     clf.save(args.save)
     print("saved; reload with FewShotTextClassifier.load(", repr(args.save), ")")

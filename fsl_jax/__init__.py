@@ -16,14 +16,19 @@ the functions that need them.
 import importlib as _importlib
 import importlib.util as _importlib_util
 from typing import (
-    TYPE_CHECKING as _TYPE_CHECKING, Any as _Any, Callable as _Callable, Iterable as _Iterable, Mapping as _Mapping,
+    TYPE_CHECKING as _TYPE_CHECKING,
+    Any as _Any,
+    Callable as _Callable,
+    Iterable as _Iterable,
+    Mapping as _Mapping,
 )
 
 __version__ = "0.1.0"
 
 
-def _lazy(package: str, namespace: dict[str, _Any], submodules: _Iterable[str],
-          attributes: _Mapping[str, _Iterable[str]]) -> tuple[_Callable[[str], _Any], _Callable[[], list[str]]]:
+def _lazy(
+    package: str, namespace: dict[str, _Any], submodules: _Iterable[str], attributes: _Mapping[str, _Iterable[str]]
+) -> tuple[_Callable[[str], _Any], _Callable[[], list[str]]]:
     """PEP 562 ``__getattr__`` and ``__dir__`` for ``package``, importing on first access.
 
     ``submodules`` are reached as attributes (``fj.plots``); ``attributes`` maps a submodule to the names it
@@ -52,40 +57,99 @@ def _lazy(package: str, namespace: dict[str, _Any], submodules: _Iterable[str],
 
 # The core, imported eagerly (JAX, Flax, Optax; the lazy helper above is defined first because fsl_jax.models and
 # fsl_jax.data, reached from here, use it).
-from fsl_jax.evaluate import EvalResult, evaluate  # noqa: E402 - eager: `evaluate` also names its module
-from fsl_jax.learners import (  # noqa: E402
-    Learner, anil, cvae_classifier, imaml, maml, matching_net, meta_loss, meta_sgd, mse_loss, protonet, relation_net, reptile,
-    siamese, xent_loss,
+from fsl_jax.evaluate import EvalResult, evaluate  # eager: `evaluate` also names its module
+from fsl_jax.learners import (
+    Learner,
+    anil,
+    cvae_classifier,
+    imaml,
+    maml,
+    matching_net,
+    meta_loss,
+    meta_sgd,
+    mse_loss,
+    protonet,
+    relation_net,
+    reptile,
+    siamese,
+    xent_loss,
 )
-from fsl_jax.report import ClassificationReport, ConfidenceInterval, classification_report, mean_ci  # noqa: E402
-from fsl_jax.tasks import Task, task_at, validate_task  # noqa: E402
-from fsl_jax.step import TrainState, make_meta_step  # noqa: E402
+from fsl_jax.report import ClassificationReport, ConfidenceInterval, classification_report, mean_ci
+from fsl_jax.tasks import Task, task_at, validate_task
+from fsl_jax.step import TrainState, make_meta_step
 
 if _TYPE_CHECKING:  # what the lazy table below resolves to, for type checkers and IDEs
     from fsl_jax import data, llm, models, parallel, plots
     from fsl_jax.checkpoint import (
-        latest_step, read_checkpoint_config, read_loader_state, restore_checkpoint, save_checkpoint,
+        latest_step,
+        read_checkpoint_config,
+        read_loader_state,
+        restore_checkpoint,
+        save_checkpoint,
     )
     from fsl_jax.plots import plot_accuracy_vs_shots, plot_confusion_matrix, plot_learning_curve, plot_regression_fits
     from fsl_jax.train import History, NonFiniteError, TrainingInterrupted, meta_train, run_config
 
 __getattr__, __dir__ = _lazy(
-    __name__, globals(),
+    __name__,
+    globals(),
     submodules=["data", "llm", "models", "parallel", "plots"],
     attributes={
-        "checkpoint": ["latest_step", "read_checkpoint_config", "read_loader_state", "restore_checkpoint",
-                       "save_checkpoint"],
+        "checkpoint": [
+            "latest_step",
+            "read_checkpoint_config",
+            "read_loader_state",
+            "restore_checkpoint",
+            "save_checkpoint",
+        ],
         "plots": ["plot_accuracy_vs_shots", "plot_confusion_matrix", "plot_learning_curve", "plot_regression_fits"],
         "train": ["History", "NonFiniteError", "TrainingInterrupted", "meta_train", "run_config"],
     },
 )
 
 __all__ = [
-    "ClassificationReport", "ConfidenceInterval", "EvalResult", "History", "Learner", "NonFiniteError", "Task", "TrainState",
-    "TrainingInterrupted", "read_checkpoint_config", "read_loader_state", "run_config",
-    "anil", "cvae_classifier", "imaml", "data", "matching_net", "protonet", "relation_net", "siamese", "evaluate", "latest_step", "llm", "make_meta_step", "maml", "mean_ci", "meta_loss", "meta_sgd",
-    "meta_train", "models", "mse_loss", "xent_loss", "parallel", "plot_accuracy_vs_shots", "plot_confusion_matrix",
+    "ClassificationReport",
+    "ConfidenceInterval",
+    "EvalResult",
+    "History",
+    "Learner",
+    "NonFiniteError",
+    "Task",
+    "TrainState",
+    "TrainingInterrupted",
+    "read_checkpoint_config",
+    "read_loader_state",
+    "run_config",
+    "anil",
+    "cvae_classifier",
+    "imaml",
+    "data",
+    "matching_net",
+    "protonet",
+    "relation_net",
+    "siamese",
+    "evaluate",
+    "latest_step",
+    "llm",
+    "make_meta_step",
+    "maml",
+    "mean_ci",
+    "meta_loss",
+    "meta_sgd",
+    "meta_train",
+    "models",
+    "mse_loss",
+    "xent_loss",
+    "parallel",
+    "plot_accuracy_vs_shots",
+    "plot_confusion_matrix",
     "plot_learning_curve",
-    "plot_regression_fits", "plots", "classification_report", "reptile", "restore_checkpoint", "save_checkpoint", "task_at",
+    "plot_regression_fits",
+    "plots",
+    "classification_report",
+    "reptile",
+    "restore_checkpoint",
+    "save_checkpoint",
+    "task_at",
     "validate_task",
 ]

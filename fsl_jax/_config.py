@@ -98,15 +98,21 @@ def describe(value: Any, depth: int = 0) -> Any:
     if isinstance(config, dict):
         return config
     if isinstance(value, functools.partial):
-        return {"partial": describe(value.func, depth + 1), "args": describe(value.args, depth + 1),
-                "keywords": describe(value.keywords, depth + 1)}
+        return {
+            "partial": describe(value.func, depth + 1),
+            "args": describe(value.args, depth + 1),
+            "keywords": describe(value.keywords, depth + 1),
+        }
     if isinstance(value, types.MethodType):
         return {"method": _function_name(value.__func__), "of": describe(value.__self__, depth + 1)}
     if hasattr(value, "_fields") and hasattr(value, "update") and hasattr(value, "init"):  # optax transformation
         return describe(value.update, depth)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)
-                  if f.name not in ("parent", "name") and not f.name.startswith("_")}
+        fields = {
+            f.name: getattr(value, f.name, None)
+            for f in dataclasses.fields(value)
+            if f.name not in ("parent", "name") and not f.name.startswith("_")
+        }
         return {"type": type(value).__name__, **{k: describe(v, depth + 1) for k, v in fields.items()}}
     if hasattr(value, "_fields"):  # other NamedTuples
         return {"type": type(value).__name__, **{k: describe(getattr(value, k), depth + 1) for k in value._fields}}

@@ -46,8 +46,16 @@ class LogProgress:
       True
     """
 
-    def __init__(self, iterable: Iterable | None = None, total: int | None = None, initial: int = 0,
-                 desc: str | None = None, interval: float = DEFAULT_INTERVAL, file: Any = None, **_: Any):
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        total: int | None = None,
+        initial: int = 0,
+        desc: str | None = None,
+        interval: float = DEFAULT_INTERVAL,
+        file: Any = None,
+        **_: Any,
+    ):
         self.iterable = iterable
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
@@ -73,7 +81,9 @@ class LogProgress:
 
     def _line(self) -> str:
         elapsed = time.perf_counter() - self.start
-        parts = [f"{self.desc}: {self.n}" + (f"/{self.total} ({100 * self.n / self.total:.0f} %)" if self.total else "")]
+        parts = [
+            f"{self.desc}: {self.n}" + (f"/{self.total} ({100 * self.n / self.total:.0f} %)" if self.total else "")
+        ]
         done = self.n - self.start_n
         if done > 0:
             rate = elapsed / done

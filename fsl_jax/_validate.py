@@ -28,8 +28,12 @@ def positive_number(name: str, value: Any, *, allow_none: bool = False) -> float
     """``value`` as a finite float > 0 (or ``None`` when allowed), or ``ValueError`` naming ``name``."""
     if value is None and allow_none:
         return None
-    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating))
-            or not math.isfinite(value) or value <= 0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.integer, np.floating))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         what = "a positive number or None" if allow_none else "a positive number"
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return float(value)
@@ -119,4 +123,6 @@ def check_output_width(learner: Any, params: Any, task: Task, ways: int | None =
     if width > ways:
         warnings.warn(
             f"{learner.name} outputs {width} logits per example for {ways}-way episodes: logits {ways}..{width - 1} "
-            f"are never a target (build the model for {ways} ways)", stacklevel=3)
+            f"are never a target (build the model for {ways} ways)",
+            stacklevel=3,
+        )

@@ -38,8 +38,14 @@ def _payload(state: TrainState) -> dict:
     }
 
 
-def save_checkpoint(directory: str | os.PathLike, state: TrainState, *, keep: int | None = 3,
-                    config: dict | None = None, loader_state: dict | None = None) -> int:
+def save_checkpoint(
+    directory: str | os.PathLike,
+    state: TrainState,
+    *,
+    keep: int | None = 3,
+    config: dict | None = None,
+    loader_state: dict | None = None,
+) -> int:
     """Saves ``state`` as checkpoint number ``state.step`` under ``directory``; returns that step.
 
     Args:
@@ -80,8 +86,11 @@ def save_checkpoint(directory: str | os.PathLike, state: TrainState, *, keep: in
         meta["loader"] = loader_state
     try:
         with _manager(directory, keep) as manager:
-            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_payload(state)),
-                                                       meta=ocp.args.JsonSave(meta)), force=True)
+            manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(_payload(state)), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
             manager.wait_until_finished()
     except Exception as exc:  # noqa: BLE001 - orbax/tensorstore report disk faults under several types
         code = getattr(exc, "errno", None) or re.search(r"os_error_code='(\d+)'", str(exc))
@@ -124,16 +133,23 @@ def _check_structure(manager: ocp.CheckpointManager, step: int, target: dict, wh
     if set(flat_stored) != set(flat_target):
         only_stored = sorted(set(flat_stored) - set(flat_target))[:3]
         only_target = sorted(set(flat_target) - set(flat_stored))[:3]
-        raise ValueError(f"checkpoint {step} in {where} does not match target: it has {len(flat_stored)} arrays, "
-                         f"target has {len(flat_target)} (only in the checkpoint: {only_stored}; only in the target: "
-                         f"{only_target})")
-    wrong = sorted((not path.startswith("params"), path) for path, meta in flat_stored.items()
-                   if tuple(meta.shape) != tuple(np.shape(flat_target[path])))
+        raise ValueError(
+            f"checkpoint {step} in {where} does not match target: it has {len(flat_stored)} arrays, "
+            f"target has {len(flat_target)} (only in the checkpoint: {only_stored}; only in the target: "
+            f"{only_target})"
+        )
+    wrong = sorted(
+        (not path.startswith("params"), path)
+        for path, meta in flat_stored.items()
+        if tuple(meta.shape) != tuple(np.shape(flat_target[path]))
+    )
     if wrong:
         path = wrong[0][1]
         more = f" (and {len(wrong) - 1} more leaves differ)" if len(wrong) > 1 else ""
-        raise ValueError(f"checkpoint {step} in {where}: leaf {path} has shape {tuple(flat_stored[path].shape)}, "
-                         f"target has {tuple(np.shape(flat_target[path]))}{more}")
+        raise ValueError(
+            f"checkpoint {step} in {where}: leaf {path} has shape {tuple(flat_stored[path].shape)}, "
+            f"target has {tuple(np.shape(flat_target[path]))}{more}"
+        )
 
 
 def read_checkpoint_config(directory: str | os.PathLike, step: int | None = None) -> dict | None:
@@ -179,8 +195,14 @@ def _read_meta(directory: str | os.PathLike, step: int) -> dict:
         return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"] or {}
 
 
-def restore_checkpoint(directory: str | os.PathLike, target: TrainState, *, step: int | None = None,
-                       config: dict | None = None, allow_config_change: bool = False) -> TrainState:
+def restore_checkpoint(
+    directory: str | os.PathLike,
+    target: TrainState,
+    *,
+    step: int | None = None,
+    config: dict | None = None,
+    allow_config_change: bool = False,
+) -> TrainState:
     """Restores a checkpoint into the structure of ``target`` (same learner, optimiser and shapes).
 
     Args:
@@ -232,8 +254,10 @@ def restore_checkpoint(directory: str | os.PathLike, target: TrainState, *, step
         for candidate in [step] if step is not None else steps:
             try:
                 _check_structure(manager, candidate, payload, where)
-                restored = manager.restore(candidate, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+                restored = manager.restore(
+                    candidate,
+                    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
+                )
             except ValueError as exc:
                 if str(exc).startswith(f"checkpoint {candidate} in {where}"):
                     raise  # a structure mismatch, not a damaged file: an older checkpoint would not match either
@@ -244,23 +268,28 @@ def restore_checkpoint(directory: str | os.PathLike, target: TrainState, *, step
                 break
         else:
             bad, exc = unreadable[0]
-            raise ValueError(f"no readable checkpoint in {where}: checkpoint {bad} failed with "
-                             f"{type(exc).__name__}: {exc}") from exc
+            raise ValueError(
+                f"no readable checkpoint in {where}: checkpoint {bad} failed with {type(exc).__name__}: {exc}"
+            ) from exc
     for bad, exc in unreadable:
         aside = os.path.join(os.fspath(directory), f"{bad}.unreadable")
         if jax.process_index() == 0 and not os.path.exists(aside):
             os.rename(os.path.join(os.fspath(directory), str(bad)), aside)
-        warnings.warn(f"checkpoint {bad} in {where} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); it was "
-                      f"renamed {os.path.basename(aside)!r} and checkpoint {candidate} was restored instead",
-                      stacklevel=2)
+        warnings.warn(
+            f"checkpoint {bad} in {where} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); it was "
+            f"renamed {os.path.basename(aside)!r} and checkpoint {candidate} was restored instead",
+            stacklevel=2,
+        )
     stored = (restored["meta"] or {}).get("config")
     if config is not None and stored is not None:
         diff = config_diff(stored, config)
         if diff:
             fields = "; ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
             if not allow_config_change:
-                raise ValueError(f"checkpoint {candidate} in {where} was written by a run with other settings: "
-                                 f"{fields}. Use another checkpoint folder, or pass allow_config_change=True to "
-                                 f"continue this run with the new settings")
+                raise ValueError(
+                    f"checkpoint {candidate} in {where} was written by a run with other settings: "
+                    f"{fields}. Use another checkpoint folder, or pass allow_config_change=True to "
+                    f"continue this run with the new settings"
+                )
             warnings.warn(f"continuing checkpoint {candidate} with changed settings: {fields}", stacklevel=2)
     return target.replace(**restored["state"])

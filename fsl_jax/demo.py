@@ -77,8 +77,14 @@ def run_sinusoid(
             source = functools.partial(sinusoid_tasks, shots=k, queries=k)
             t0 = time.perf_counter()
             state, history = meta_train(
-                learner, optax.adam(learning_rate), source, steps=steps, meta_batch=meta_batch,
-                key=jax.random.fold_in(key, k), log_every=max(1, steps // 100), progress=progress,
+                learner,
+                optax.adam(learning_rate),
+                source,
+                steps=steps,
+                meta_batch=meta_batch,
+                key=jax.random.fold_in(key, k),
+                log_every=max(1, steps // 100),
+                progress=progress,
                 desc=f"{name} {k}-shot",
             )
             seconds = time.perf_counter() - t0
@@ -90,9 +96,17 @@ def run_sinusoid(
     summary = {
         "results": results,
         "published": PUBLISHED,
-        "config": {"steps": steps, "meta_batch": meta_batch, "learning_rate": learning_rate, "episodes": episodes,
-                   "inner_lr": 0.01, "inner_steps": 1, "model": "MLP 40-40 ReLU", "seed": seed,
-                   "backend": jax.default_backend()},
+        "config": {
+            "steps": steps,
+            "meta_batch": meta_batch,
+            "learning_rate": learning_rate,
+            "episodes": episodes,
+            "inner_lr": 0.01,
+            "inner_steps": 1,
+            "model": "MLP 40-40 ReLU",
+            "seed": seed,
+            "backend": jax.default_backend(),
+        },
     }
     if out is not None:
         os.makedirs(out, exist_ok=True)
@@ -100,8 +114,14 @@ def run_sinusoid(
             json.dump(summary, f, indent=2)
         from fsl_jax.plots import plot_learning_curve, plot_regression_fits
 
-        plot_learning_curve(curves, None, os.path.join(out, "learning_curves.png"), ylabel="meta-loss (query MSE)",
-                            title="Sinusoid meta-training", smooth=5)
+        plot_learning_curve(
+            curves,
+            None,
+            os.path.join(out, "learning_curves.png"),
+            ylabel="meta-loss (query MSE)",
+            title="Sinusoid meta-training",
+            smooth=5,
+        )
         k = 5 if 5 in shots else shots[0]
         _plot_fits(trained, k, key, os.path.join(out, "adapted_curves.png"), plot_regression_fits)
     return summary
@@ -120,8 +140,13 @@ def _plot_fits(trained: dict, k: int, key: jax.Array, path: str, plot_fn) -> Non
         curves[f"{name}, after 1 step"] = np.asarray(learner.predict(params, adapted, grid))[:, 0]
         base = params["model"] if "model" in params else params
         curves[f"{name}, before adaptation"] = np.asarray(learner.predict(params, base, grid))[:, 0]
-    plot_fn(np.asarray(grid[:, 0]), curves, path, title=f"{k}-shot sinusoid: adapted curves vs truth",
-            points=(np.asarray(task.support_x[:, 0]), np.asarray(task.support_y[:, 0])))
+    plot_fn(
+        np.asarray(grid[:, 0]),
+        curves,
+        path,
+        title=f"{k}-shot sinusoid: adapted curves vs truth",
+        points=(np.asarray(task.support_x[:, 0]), np.asarray(task.support_y[:, 0])),
+    )
 
 
 def _truth_of(task: Task) -> tuple[float, float]:
@@ -137,8 +162,13 @@ def format_table(summary: dict[str, Any]) -> str:
     """A markdown table of measured vs published post-adaptation MSE."""
     results = summary["results"]
     shots = sorted({k for r in results.values() for k in r}, key=int)
-    header = "| learner | " + " | ".join(f"{k}-shot MSE (ours)" for k in shots) + " | " + " | ".join(
-        f"{k}-shot (published)" for k in shots) + " |"
+    header = (
+        "| learner | "
+        + " | ".join(f"{k}-shot MSE (ours)" for k in shots)
+        + " | "
+        + " | ".join(f"{k}-shot (published)" for k in shots)
+        + " |"
+    )
     lines = [header, "|" + "---|" * (1 + 2 * len(shots))]
     for name, by_k in results.items():
         ours = [f"{by_k[k]['mse']:.3f} +- {by_k[k]['ci95']:.3f}" for k in shots]

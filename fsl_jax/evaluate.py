@@ -1,6 +1,5 @@
 """Many-episode evaluation: adapt on each test task's support set, score its query set, report mean and 95 % CI."""
 
-
 import copy
 from typing import Any, NamedTuple
 
@@ -144,8 +143,9 @@ def evaluate(
         batch_size = -(-batch_size // devices) * devices
         for start in progress_bar(range(0, total, batch_size), disable=not progress, desc="evaluate"):
             chunk, n = padded(jax.tree_util.tree_map(lambda x: np.asarray(x[start : start + batch_size]), source))
-            chunk = parallel.shard_tasks(chunk, mesh) if mesh is not None else jax.tree_util.tree_map(jnp.asarray,
-                                                                                                       chunk)
+            chunk = (
+                parallel.shard_tasks(chunk, mesh) if mesh is not None else jax.tree_util.tree_map(jnp.asarray, chunk)
+            )
             m, l = scores(params, chunk, jax.random.fold_in(key, start))
             metrics.append(np.asarray(m)[:n])
             losses.append(np.asarray(l)[:n])
@@ -162,8 +162,9 @@ def evaluate(
                 host = copy.copy(source)
                 host.seed = seed
             else:
-                host = HostSampler(source.classes, source.ways, source.shots, source.queries, seed=seed,
-                                   dtype=source.dtype)
+                host = HostSampler(
+                    source.classes, source.ways, source.shots, source.queries, seed=seed, dtype=source.dtype
+                )
             sample_and_score = None
             rows = parallel.local_rows(mesh, batch_size) if mesh is not None else (0, batch_size)
         elif callable(source):
@@ -174,18 +175,26 @@ def evaluate(
                 k_sample, k_adapt = jax.random.split(k)
                 return _batched_scores(learner, mesh)(params, source(k_sample, batch_size), k_adapt)
         else:
-            raise TypeError(f"source must be a sampler, a callable (key, num_tasks) -> Task or a Task, got {type(source).__name__}")
+            raise TypeError(
+                f"source must be a sampler, a callable (key, num_tasks) -> Task or a Task, got {type(source).__name__}"
+            )
         if ways is not None:  # the model's output width against the episodes' ways, from shapes only
-            example = jax.eval_shape(lambda k: task_at(source(k, 1), 0), key) if host is None else \
-                task_at(host.sample(1, index=0), 0)
+            example = (
+                jax.eval_shape(lambda k: task_at(source(k, 1), 0), key)
+                if host is None
+                else task_at(host.sample(1, index=0), 0)
+            )
             _validate.check_output_width(learner, params, example, ways)
         batches = -(-episodes // batch_size)
         for b in progress_bar(range(batches), disable=not progress, desc="evaluate"):
             k = jax.random.fold_in(key, b)
             if host is not None:
                 local = host.sample(batch_size, index=b, start=rows[0], stop=rows[1])
-                tasks = (parallel.global_tasks(local, mesh, batch_size) if mesh is not None
-                         else jax.tree_util.tree_map(jnp.asarray, local))
+                tasks = (
+                    parallel.global_tasks(local, mesh, batch_size)
+                    if mesh is not None
+                    else jax.tree_util.tree_map(jnp.asarray, local)
+                )
                 m, l = scores(params, tasks, k)
             else:
                 m, l = sample_and_score(params, k)
@@ -199,5 +208,6 @@ def evaluate(
     from fsl_jax.report import mean_ci
 
     summary = mean_ci(values)
-    return EvalResult(metric_name, float(summary.mean), float(summary.ci95), float(summary.std), values,
-                      float(np.mean(loss_values)))
+    return EvalResult(
+        metric_name, float(summary.mean), float(summary.ci95), float(summary.std), values, float(np.mean(loss_values))
+    )

@@ -80,9 +80,11 @@ def _wait_for_coordinator(address: str, timeout_seconds: float) -> None:
                 return
         except OSError as exc:
             if time.monotonic() >= deadline:
-                raise ConnectionError(f"the coordinator at {address} did not answer within {timeout_seconds:g} s "
-                                      f"({exc.strerror or exc}); start process 0 there first, or check the address "
-                                      f"and the firewall") from exc
+                raise ConnectionError(
+                    f"the coordinator at {address} did not answer within {timeout_seconds:g} s "
+                    f"({exc.strerror or exc}); start process 0 there first, or check the address "
+                    f"and the firewall"
+                ) from exc
             time.sleep(0.2)
 
 
@@ -136,8 +138,9 @@ def initialize(
         _count(name, locals()[name], 1)
     if jax.distributed.is_initialized():
         if num_processes is not None and num_processes != jax.process_count():
-            raise ValueError(f"already initialised with {jax.process_count()} processes, got num_processes="
-                             f"{num_processes}")
+            raise ValueError(
+                f"already initialised with {jax.process_count()} processes, got num_processes={num_processes}"
+            )
         if process_id is not None and process_id != jax.process_index():
             raise ValueError(f"already initialised as process {jax.process_index()}, got process_id={process_id}")
         return jax.process_count() > 1
@@ -149,12 +152,16 @@ def initialize(
     cluster = _detected_cluster()
     if coordinator_address is None and cluster is None:
         if num_processes is not None and num_processes > 1:
-            raise ValueError(f"num_processes={num_processes} needs coordinator_address='host:port' of process 0 "
-                             f"(no cluster was detected to provide it)")
+            raise ValueError(
+                f"num_processes={num_processes} needs coordinator_address='host:port' of process 0 "
+                f"(no cluster was detected to provide it)"
+            )
         return False  # a single machine, nothing to join
     if cluster is None and (num_processes is None or process_id is None):
-        raise ValueError(f"coordinator_address={coordinator_address!r} needs num_processes and process_id "
-                         f"(got {num_processes} and {process_id})")
+        raise ValueError(
+            f"coordinator_address={coordinator_address!r} needs num_processes and process_id "
+            f"(got {num_processes} and {process_id})"
+        )
     if num_processes is not None and process_id is not None and process_id >= num_processes:
         raise ValueError(f"process_id={process_id} must be below num_processes={num_processes}")
     if num_processes == 1:
@@ -162,9 +169,14 @@ def initialize(
     if coordinator_address is not None and process_id not in (None, 0):
         _wait_for_coordinator(coordinator_address, timeout_seconds)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # no effect on GPU/TPU collectives
-    jax.distributed.initialize(coordinator_address, num_processes, process_id, local_device_ids,
-                               initialization_timeout=timeout_seconds,
-                               heartbeat_timeout_seconds=heartbeat_timeout_seconds)
+    jax.distributed.initialize(
+        coordinator_address,
+        num_processes,
+        process_id,
+        local_device_ids,
+        initialization_timeout=timeout_seconds,
+        heartbeat_timeout_seconds=heartbeat_timeout_seconds,
+    )
     return jax.process_count() > 1
 
 
@@ -225,8 +237,9 @@ def check_mesh(mesh: Any) -> Mesh:
         raise ValueError(f"mesh must have an axis named {TASK_AXIS!r}, got axes {mesh.axis_names}")
     other = [a for a in mesh.axis_names if a not in (TASK_AXIS, MODEL_AXIS) and mesh.shape[a] > 1]
     if other:
-        raise ValueError(f"mesh axes other than {TASK_AXIS!r} and {MODEL_AXIS!r} must have size 1, got "
-                         f"{dict(mesh.shape)}")
+        raise ValueError(
+            f"mesh axes other than {TASK_AXIS!r} and {MODEL_AXIS!r} must have size 1, got {dict(mesh.shape)}"
+        )
     return mesh
 
 
@@ -255,8 +268,10 @@ def check_batch(total: int, mesh: Mesh, name: str = "the task batch") -> None:
     """``ValueError`` unless ``total`` tasks divide evenly over the mesh's ``"tasks"`` axis."""
     n = task_devices(mesh)
     if total % n:
-        raise ValueError(f"{name} ({total} tasks) must divide evenly over the {n} devices of the mesh's "
-                         f"{TASK_AXIS!r} axis (mesh shape {dict(mesh.shape)})")
+        raise ValueError(
+            f"{name} ({total} tasks) must divide evenly over the {n} devices of the mesh's "
+            f"{TASK_AXIS!r} axis (mesh shape {dict(mesh.shape)})"
+        )
 
 
 def local_rows(mesh: Mesh, total: int) -> tuple[int, int]:
@@ -273,8 +288,10 @@ def local_rows(mesh: Mesh, total: int) -> tuple[int, int]:
     start, stop = spans[0][0], spans[-1][1]
     covered = sum(b - a for a, b in spans)
     if covered != stop - start:
-        raise ValueError(f"this process's devices hold non-contiguous rows {spans} of the task batch; build the mesh "
-                         f"with fj.parallel.task_mesh() so that each process's devices are neighbours")
+        raise ValueError(
+            f"this process's devices hold non-contiguous rows {spans} of the task batch; build the mesh "
+            f"with fj.parallel.task_mesh() so that each process's devices are neighbours"
+        )
     return start, stop
 
 
@@ -334,8 +351,10 @@ def fsdp_spec(path: str, shape: tuple, model: int) -> PartitionSpec:
             spec: list = [None] * len(shape)
             spec[dim] = MODEL_AXIS
             return PartitionSpec(*spec)
-    raise ValueError(f"the model axis size {model} divides no dimension of weight {path} with shape {tuple(shape)}; "
-                     f"use a model axis size that divides one, or pass param_rule=(path, shape) -> PartitionSpec")
+    raise ValueError(
+        f"the model axis size {model} divides no dimension of weight {path} with shape {tuple(shape)}; "
+        f"use a model axis size that divides one, or pass param_rule=(path, shape) -> PartitionSpec"
+    )
 
 
 def state_shardings(tree: Any, mesh: Mesh, rule: ParamRule | None = None) -> Any:

@@ -271,8 +271,15 @@ def plot_accuracy_vs_shots(
     all_shots = sorted({int(s) for _, shots, _, _ in parsed for s in shots})
     for i, (method, shots, means, cis) in enumerate(parsed):
         ax.errorbar(
-            shots, means, yerr=np.nan_to_num(cis), label=method, color=f"C{i % 10}", marker="o", markersize=4,
-            capsize=3, linewidth=1.5,
+            shots,
+            means,
+            yerr=np.nan_to_num(cis),
+            label=method,
+            color=f"C{i % 10}",
+            marker="o",
+            markersize=4,
+            capsize=3,
+            linewidth=1.5,
         )
     if all_shots[-1] / all_shots[0] >= 20:
         ax.set_xscale("log")
@@ -368,8 +375,15 @@ def plot_confusion_matrix(
             for j in range(k):
                 val = shown[i, j]
                 text = f"{val:.2f}" if normalize else (f"{int(val)}" if float(val).is_integer() else f"{val:.3g}")
-                ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
-                        color="white" if val > 0.5 * vmax else "black")
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=fontsize,
+                    color="white" if val > 0.5 * vmax else "black",
+                )
     if title:
         ax.set_title(title)
     return _save(fig, path)

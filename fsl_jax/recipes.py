@@ -12,7 +12,17 @@ import flax.linen as nn
 import optax
 
 from fsl_jax.learners import (
-    Learner, anil, cvae_classifier, imaml, maml, matching_net, meta_sgd, protonet, relation_net, reptile, siamese,
+    Learner,
+    anil,
+    cvae_classifier,
+    imaml,
+    maml,
+    matching_net,
+    meta_sgd,
+    protonet,
+    relation_net,
+    reptile,
+    siamese,
 )
 from fsl_jax.learners.relation import RelationEncoder
 from fsl_jax.models.conv import Conv4
@@ -86,8 +96,16 @@ def image_learner(
         elif name == "meta_sgd":
             learner = meta_sgd(model, "xent", inner_lr or 0.4, inner_steps or 1)
         elif name == "maml++":
-            learner = maml(model, "xent", inner_lr or 0.4, inner_steps or 3, per_step_lr=True, multi_step_loss=100,
-                           per_step_norm=True, first_order_steps=50)
+            learner = maml(
+                model,
+                "xent",
+                inner_lr or 0.4,
+                inner_steps or 3,
+                per_step_lr=True,
+                multi_step_loss=100,
+                per_step_norm=True,
+                first_order_steps=50,
+            )
         elif name == "imaml":
             learner = imaml(model, "xent", inner_lr or 0.4, inner_steps or 10, lam=0.2, cg_steps=5)
         else:
@@ -107,4 +125,3 @@ def image_learner(
     else:
         return Recipe(siamese(Pixels(), ways)._replace(name="pixel_nn"), optimizer, trainable=False)  # 1-NN
     return Recipe(learner, optimizer)
-

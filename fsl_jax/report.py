@@ -341,9 +341,7 @@ def classification_report(
     if yt.shape[0] == 0:
         raise ValueError("y_true and y_pred are empty: need at least one sample")
     if (yt.dtype.kind == "U") != (yp.dtype.kind == "U"):
-        raise ValueError(
-            f"y_true and y_pred mix string and numeric labels (dtypes {yt.dtype} and {yp.dtype})"
-        )
+        raise ValueError(f"y_true and y_pred mix string and numeric labels (dtypes {yt.dtype} and {yp.dtype})")
     present = np.unique(np.concatenate([yt, yp]))
     if labels is None:
         labs = present

@@ -111,7 +111,8 @@ def batch_grads(
             grads, (losses, aux) = jax.grad(mean_loss, has_aux=True)(params)
         else:
             per_task, (losses, aux) = jax.vmap(task_grad, in_axes=(None, None, 0, 0, None))(
-                learner, params, chunk, chunk_keys, step)
+                learner, params, chunk, chunk_keys, step
+            )
             grads = jax.tree_util.tree_map(lambda g: jnp.sum(g, axis=0), per_task)
         aux = jax.tree_util.tree_map(jnp.sum, aux)
         return grads, jnp.sum(losses), aux
@@ -122,7 +123,7 @@ def batch_grads(
         if total % task_chunk:
             raise ValueError(f"task_chunk={task_chunk} must divide the task batch size {total}")
         chunks = total // task_chunk
-        reshape = lambda x: x.reshape((chunks, task_chunk) + x.shape[1:])  # noqa: E731
+        reshape = lambda x: x.reshape((chunks, task_chunk) + x.shape[1:])
         chunked_tasks = jax.tree_util.tree_map(reshape, tasks)
         chunked_keys = reshape(keys)
 
@@ -131,7 +132,9 @@ def batch_grads(
             grads, loss, aux = chunk_grads(params, chunk, chunk_keys)
             return jax.tree_util.tree_map(jnp.add, carry, (grads, loss, aux)), None
 
-        zeros = jax.eval_shape(chunk_grads, params, jax.tree_util.tree_map(lambda x: x[0], chunked_tasks), chunked_keys[0])
+        zeros = jax.eval_shape(
+            chunk_grads, params, jax.tree_util.tree_map(lambda x: x[0], chunked_tasks), chunked_keys[0]
+        )
         zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), zeros)
         (grads, loss_sum, aux_sum), _ = jax.lax.scan(body, zeros, (chunked_tasks, chunked_keys))
     scale = 1.0 / total
@@ -207,8 +210,9 @@ def make_meta_step(
         if meta_batch is not None:
             parallel.check_batch(meta_batch, mesh, f"meta_batch={meta_batch}")
         if param_rule is not None and not callable(param_rule):
-            raise TypeError(f"param_rule must be a callable (path, shape) -> PartitionSpec, got "
-                            f"{type(param_rule).__name__}")
+            raise TypeError(
+                f"param_rule must be a callable (path, shape) -> PartitionSpec, got {type(param_rule).__name__}"
+            )
     elif param_rule is not None:
         raise ValueError("param_rule needs mesh= (a mesh with a 'model' axis, see fj.parallel.task_mesh)")
 
@@ -228,7 +232,7 @@ def make_meta_step(
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if skip_nonfinite:
-            keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+            keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
             params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
         bad = jnp.logical_not(finite)
         new_state = state.replace(
@@ -236,7 +240,9 @@ def make_meta_step(
             params=params,
             opt_state=opt_state,
             nonfinite_steps=state.nonfinite_steps + bad.astype(jnp.int32),
-            first_nonfinite_step=jnp.where(bad & (state.first_nonfinite_step < 0), state.step, state.first_nonfinite_step),
+            first_nonfinite_step=jnp.where(
+                bad & (state.first_nonfinite_step < 0), state.step, state.first_nonfinite_step
+            ),
         )
         metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads), "finite": finite}
         if mesh is not None:  # the state keeps its layout; metrics are global values every process can read

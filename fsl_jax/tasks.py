@@ -5,7 +5,6 @@ Every field is an array; a leading axis on every field makes the same type a *ba
 :func:`fsl_jax.make_meta_step` ``vmap``-s and what :mod:`fsl_jax.parallel` shards.
 """
 
-
 from typing import Any, NamedTuple
 
 import jax
@@ -114,9 +113,9 @@ def validate_task(task: Task, *, batched: bool = False, num_ways: int | None = N
     if qy[: lead + 1] != qx[: lead + 1]:
         raise ValueError(f"Task.query_y shape {qy} does not match Task.query_x shape {qx} on the example axis")
     if sx[lead + 1 :] != qx[lead + 1 :]:
-        raise ValueError(f"Task.support_x features {sx[lead + 1:]} differ from Task.query_x features {qx[lead + 1:]}")
+        raise ValueError(f"Task.support_x features {sx[lead + 1 :]} differ from Task.query_x features {qx[lead + 1 :]}")
     if sy[lead + 1 :] != qy[lead + 1 :]:
-        raise ValueError(f"Task.support_y target shape {sy[lead + 1:]} differs from Task.query_y's {qy[lead + 1:]}")
+        raise ValueError(f"Task.support_y target shape {sy[lead + 1 :]} differs from Task.query_y's {qy[lead + 1 :]}")
     for name, ref in (("support_mask", sx), ("query_mask", qx)):
         mask = getattr(task, name)
         if mask is not None and _shape(name, mask) != ref[: lead + 1]:
@@ -131,8 +130,12 @@ def validate_task(task: Task, *, batched: bool = False, num_ways: int | None = N
         dtype = np.dtype(value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype)
         if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
             raise TypeError(f"Task.{name} must be numeric, got dtype {dtype}")
-        if (check_values and np.issubdtype(dtype, np.floating) and _concrete(value)
-                and not np.all(np.isfinite(np.asarray(value)))):
+        if (
+            check_values
+            and np.issubdtype(dtype, np.floating)
+            and _concrete(value)
+            and not np.all(np.isfinite(np.asarray(value)))
+        ):
             raise ValueError(f"Task.{name} contains NaN or Inf")
     if num_ways is not None:
         for name in ("support_y", "query_y"):

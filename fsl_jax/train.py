@@ -76,7 +76,6 @@ class History(NamedTuple):
         return np.asarray([m[name] for m in self.metrics])
 
 
-
 class TrainingInterrupted(KeyboardInterrupt):
     """Raised by :func:`meta_train` after SIGINT (Ctrl-C) or SIGTERM (preemption) once the last completed step is saved.
 
@@ -127,8 +126,11 @@ class _StopSignals:
         for sig in self.previous:
             signal.signal(sig, signal.SIG_DFL)
         # os.write, not print: the handler may run while the main thread is inside a write to stderr.
-        os.write(2, f"\n{self.received}: finishing the step in flight and saving a checkpoint; send it again to exit "
-                    f"at once without saving\n".encode())
+        os.write(
+            2,
+            f"\n{self.received}: finishing the step in flight and saving a checkpoint; send it again to exit "
+            f"at once without saving\n".encode(),
+        )
 
     def __enter__(self) -> "_StopSignals":
         if self.enabled:
@@ -181,8 +183,14 @@ def _line_step(line: str) -> int | float:
         return math.inf  # a line cut short by a kill: dropped
 
 
-def run_config(learner: Learner, optimizer: optax.GradientTransformation, source: Any, meta_batch: int,
-               key: Array, skip_nonfinite: bool = False) -> dict:
+def run_config(
+    learner: Learner,
+    optimizer: optax.GradientTransformation,
+    source: Any,
+    meta_batch: int,
+    key: Array,
+    skip_nonfinite: bool = False,
+) -> dict:
     """The configuration :func:`meta_train` stores with every checkpoint and compares on resume.
 
     Each learner's constructor arguments (:attr:`Learner.config`), the optimiser's hyperparameters (read from the
@@ -196,8 +204,14 @@ def run_config(learner: Learner, optimizer: optax.GradientTransformation, source
       >>> config["learner"]["inner_lr"], config["meta_batch"], config["optimizer"]["update_fns"][1]["step_size"]
       (0.4, 8, -0.001)
     """
-    return {"learner": describe(learner), "optimizer": describe(optimizer), "source": describe(source),
-            "meta_batch": meta_batch, "key": describe(key), "skip_nonfinite": bool(skip_nonfinite)}
+    return {
+        "learner": describe(learner),
+        "optimizer": describe(optimizer),
+        "source": describe(source),
+        "meta_batch": meta_batch,
+        "key": describe(key),
+        "skip_nonfinite": bool(skip_nonfinite),
+    }
 
 
 _SIGNALS = ("SIGINT", "SIGTERM")
@@ -355,10 +369,12 @@ def meta_train(
     steps = _validate.positive_int("steps", steps)
     meta_batch = _validate.positive_int("meta_batch", meta_batch)
     log_every = _validate.positive_int("log_every", log_every)
-    checkpoint_every = _validate.positive_int("checkpoint_every", log_every * 10 if checkpoint_every is None
-                                              else checkpoint_every)
-    checkpoint_every_seconds = _validate.positive_number("checkpoint_every_seconds", checkpoint_every_seconds,
-                                                         allow_none=True)
+    checkpoint_every = _validate.positive_int(
+        "checkpoint_every", log_every * 10 if checkpoint_every is None else checkpoint_every
+    )
+    checkpoint_every_seconds = _validate.positive_number(
+        "checkpoint_every_seconds", checkpoint_every_seconds, allow_none=True
+    )
     max_seconds = _validate.positive_number("max_seconds", max_seconds, allow_none=True)
     keep = _validate.positive_int("keep", keep)
     if task_chunk is not None:
@@ -370,8 +386,10 @@ def meta_train(
     log_dir = log_dir if log_dir is not None else checkpoint_dir
     host = is_host_source(source)
     if not host and not callable(source):
-        raise TypeError(f"source must be a host source (a HostSampler, or an object with .sample(num_tasks, index)) "
-                        f"or a callable (key, num_tasks) -> Task, got {type(source).__name__}")
+        raise TypeError(
+            f"source must be a host source (a HostSampler, or an object with .sample(num_tasks, index)) "
+            f"or a callable (key, num_tasks) -> Task, got {type(source).__name__}"
+        )
     if state is not None and not isinstance(state, TrainState):
         raise TypeError(f"state must be a fsl_jax.TrainState or None, got {type(state).__name__}")
     multi = jax.process_count() > 1
@@ -407,14 +425,21 @@ def meta_train(
         restored = int(jax.device_get(state.step))
         position = read_loader_state(checkpoint_dir, restored) if _is_loader(source) else None
         if position is not None and int(position.get("next_index", -1)) != restored:
-            raise ValueError(f"checkpoint_dir {checkpoint_dir!r}: the episode loader's stored position "
-                             f"{position.get('next_index')!r} does not match the checkpoint's step {restored}")
+            raise ValueError(
+                f"checkpoint_dir {checkpoint_dir!r}: the episode loader's stored position "
+                f"{position.get('next_index')!r} does not match the checkpoint's step {restored}"
+            )
         if restored > steps:
-            raise ValueError(f"checkpoint_dir {checkpoint_dir!r} holds a run already at step {restored}, past "
-                             f"steps={steps}: raise steps to continue it, or use another checkpoint_dir")
+            raise ValueError(
+                f"checkpoint_dir {checkpoint_dir!r} holds a run already at step {restored}, past "
+                f"steps={steps}: raise steps to continue it, or use another checkpoint_dir"
+            )
         if restored == steps:
-            warnings.warn(f"checkpoint_dir {checkpoint_dir!r} holds a run already at step {restored} = steps: "
-                          f"nothing to train (raise steps to continue it)", stacklevel=2)
+            warnings.warn(
+                f"checkpoint_dir {checkpoint_dir!r} holds a run already at step {restored} = steps: "
+                f"nothing to train (raise steps to continue it)",
+                stacklevel=2,
+            )
         else:
             _say(f"resuming from step {restored} (checkpoint in {checkpoint_dir})", progress)
     if example is not None and (host or _validate.source_ways(source) is None):
@@ -422,12 +447,21 @@ def meta_train(
         _validate.check_output_width(learner, state.params, example, _validate.source_ways(source))
 
     if host:
-        step_fn = make_meta_step(learner, optimizer, task_chunk=task_chunk, skip_nonfinite=skip_nonfinite, mesh=mesh,
-                                 param_rule=param_rule)
+        step_fn = make_meta_step(
+            learner, optimizer, task_chunk=task_chunk, skip_nonfinite=skip_nonfinite, mesh=mesh, param_rule=param_rule
+        )
         rows = parallel.local_rows(mesh, meta_batch) if mesh is not None else (0, meta_batch)
     else:
-        step_fn = make_meta_step(learner, optimizer, sampler=source, meta_batch=meta_batch, task_chunk=task_chunk,
-                                 skip_nonfinite=skip_nonfinite, mesh=mesh, param_rule=param_rule)
+        step_fn = make_meta_step(
+            learner,
+            optimizer,
+            sampler=source,
+            meta_batch=meta_batch,
+            task_chunk=task_chunk,
+            skip_nonfinite=skip_nonfinite,
+            mesh=mesh,
+            param_rule=param_rule,
+        )
 
     # XLA:CPU runs every simulated device's part of a step on one shared thread pool, and a participant that reaches
     # a collective blocks its thread until all have arrived. With many steps in flight (asynchronous dispatch), the
@@ -460,8 +494,11 @@ def meta_train(
         last_save_time, last_saved = time.perf_counter(), at
 
     def to_devices(local: Task) -> Task:
-        return (parallel.global_tasks(local, mesh, meta_batch) if mesh is not None
-                else jax.tree_util.tree_map(jnp.asarray, local))
+        return (
+            parallel.global_tasks(local, mesh, meta_batch)
+            if mesh is not None
+            else jax.tree_util.tree_map(jnp.asarray, local)
+        )
 
     batches = _host_batches(source, meta_batch, start, *rows) if host else None
     input_seconds = 0.0  # time the loop spent taking host batches (building them, or waiting for a loader's workers)
@@ -472,6 +509,7 @@ def meta_train(
         local = next(batches)
         input_seconds += time.perf_counter() - t
         return local
+
     try:
         with _StopSignals(handle_signals) as stop:
             upcoming = to_devices(next_batch()) if host else None
@@ -501,9 +539,11 @@ def meta_train(
                     if not estimated and done - start > 1 and done < steps:
                         estimated = True
                         per_step = (time.perf_counter() - first_step_done) / (done - start - 1)
-                        bar.write(f"{desc or learner.name}: {per_step:.3g} s per step after compilation; "
-                                  f"{steps - done} steps to go: ~{format_duration(per_step * (steps - done))} "
-                                  f"at this speed")
+                        bar.write(
+                            f"{desc or learner.name}: {per_step:.3g} s per step after compilation; "
+                            f"{steps - done} steps to go: ~{format_duration(per_step * (steps - done))} "
+                            f"at this speed"
+                        )
                 now = time.perf_counter()
                 time_due = checkpoint_every_seconds is not None and now - last_save_time >= checkpoint_every_seconds
                 over_budget = logging and max_seconds is not None and now - t0 > max_seconds and done < steps
@@ -512,8 +552,7 @@ def meta_train(
                     # Every process must take the same decisions: they are agreed at logging points (a stop
                     # requested by a signal in any process, process 0's clock for time-based saves and the budget).
                     if logging:
-                        flags = parallel.agree([_SIGNALS.index(received) + 1 if received else 0, time_due,
-                                                over_budget])
+                        flags = parallel.agree([_SIGNALS.index(received) + 1 if received else 0, time_due, over_budget])
                         received = _SIGNALS[int(flags[:, 0].max()) - 1] if flags[:, 0].max() else None
                         time_due, over_budget = bool(flags[0, 1]), bool(flags[0, 2])
                     else:
@@ -541,21 +580,27 @@ def meta_train(
         log.write(stop_event)
         log.close()
     if reason in ("SIGINT", "SIGTERM"):
-        where = (f"checkpoint {done} saved in {checkpoint_dir!r}; run the same command again to resume from it"
-                 if checkpoint_dir is not None else "no checkpoint_dir was given, so nothing was saved")
+        where = (
+            f"checkpoint {done} saved in {checkpoint_dir!r}; run the same command again to resume from it"
+            if checkpoint_dir is not None
+            else "no checkpoint_dir was given, so nothing was saved"
+        )
         message = f"meta_train stopped by {reason} after step {done}: {where}"
         _say(message, True)
         raise TrainingInterrupted(message, signal=reason, step=done, checkpoint_dir=checkpoint_dir, state=state)
     return state, history
 
 
-def _raise_if_nonfinite(bad: int, skip_nonfinite: bool, checkpoint_dir: str | None, done: int,
-                        values: dict | None = None) -> None:
+def _raise_if_nonfinite(
+    bad: int, skip_nonfinite: bool, checkpoint_dir: str | None, done: int, values: dict | None = None
+) -> None:
     if skip_nonfinite or bad < 0:
         return
     if values is None:
         term = "loss or gradient"
     else:
         term = "loss" if not math.isfinite(values.get("loss", 0.0)) else "gradient"
-    raise NonFiniteError(f"meta-step {bad} produced a non-finite {term} (detected at step {done}); "
-                         f"last checkpoint: {latest_step(checkpoint_dir) if checkpoint_dir else None}")
+    raise NonFiniteError(
+        f"meta-step {bad} produced a non-finite {term} (detected at step {done}); "
+        f"last checkpoint: {latest_step(checkpoint_dir) if checkpoint_dir else None}"
+    )

@@ -21,16 +21,22 @@ def main() -> None:
     import os
     import sys
 
-    scenario, out, num_processes, process_id, port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), \
-        sys.argv[5]
+    scenario, out, num_processes, process_id, port = (
+        sys.argv[1],
+        sys.argv[2],
+        int(sys.argv[3]),
+        int(sys.argv[4]),
+        sys.argv[5],
+    )
     steps = int(sys.argv[6]) if len(sys.argv) > 6 else 20
     checkpoint_dir = sys.argv[7] if len(sys.argv) > 7 else None
 
     import fsl_jax as fj  # noqa: E402
 
     if num_processes > 1:
-        fj.parallel.initialize(f"127.0.0.1:{port}", num_processes, process_id, timeout_seconds=120,
-                               heartbeat_timeout_seconds=10)
+        fj.parallel.initialize(
+            f"127.0.0.1:{port}", num_processes, process_id, timeout_seconds=120, heartbeat_timeout_seconds=10
+        )
 
     import jax  # noqa: E402
     import numpy as np  # noqa: E402
@@ -39,12 +45,10 @@ def main() -> None:
     assert jax.process_count() == num_processes and jax.device_count() == 8, (jax.process_count(), jax.devices())
     mesh = fj.parallel.task_mesh()
 
-
     def save(name, state):
         leaves = [np.asarray(jax.device_get(x)) for x in jax.tree_util.tree_leaves((state.params, state.opt_state))]
         if jax.process_index() == 0:
             np.savez(os.path.join(out, f"{name}.npz"), *leaves)
-
 
     sinusoids = functools.partial(fj.data.sinusoid_tasks, shots=5, queries=5)
     maml = fj.maml(fj.models.MLP(hidden=(16, 16)), "mse", inner_lr=0.01, inner_steps=1)
@@ -70,20 +74,38 @@ def main() -> None:
         # float noise in it into steps of the learning rate's size
         state, _ = fj.meta_train(protonet, optax.sgd(0.5), episodes.sample, steps=steps, key=jax.random.key(2), **kw)
         save("metric", state)
-        result = fj.evaluate(protonet, state.params, episodes, episodes=64, batch_size=16, key=jax.random.key(3),
-                             mesh=mesh)
-        host_result = fj.evaluate(xent, xent_state.params, host, episodes=32, batch_size=8, key=jax.random.key(4),
-                                  mesh=mesh)
+        result = fj.evaluate(
+            protonet, state.params, episodes, episodes=64, batch_size=16, key=jax.random.key(3), mesh=mesh
+        )
+        host_result = fj.evaluate(
+            xent, xent_state.params, host, episodes=32, batch_size=8, key=jax.random.key(4), mesh=mesh
+        )
         if jax.process_index() == 0:
             with open(os.path.join(out, "evaluate.json"), "w") as f:
-                json.dump({"device": [result.mean, result.ci95, result.values.tolist()],
-                           "host": [host_result.mean, host_result.ci95, host_result.values.tolist()],
-                           "logged": history.steps, "loss": history.series("loss").tolist()}, f)
+                json.dump(
+                    {
+                        "device": [result.mean, result.ci95, result.values.tolist()],
+                        "host": [host_result.mean, host_result.ci95, host_result.values.tolist()],
+                        "logged": history.steps,
+                        "loss": history.series("loss").tolist(),
+                    },
+                    f,
+                )
     elif scenario == "train":
         try:
-            state, _ = fj.meta_train(maml, optax.adam(1e-2), sinusoids, steps=steps, meta_batch=8, key=jax.random.key(0),
-                                     log_every=5, checkpoint_dir=checkpoint_dir, checkpoint_every=5, mesh=mesh,
-                                     progress=True)
+            state, _ = fj.meta_train(
+                maml,
+                optax.adam(1e-2),
+                sinusoids,
+                steps=steps,
+                meta_batch=8,
+                key=jax.random.key(0),
+                log_every=5,
+                checkpoint_dir=checkpoint_dir,
+                checkpoint_every=5,
+                mesh=mesh,
+                progress=True,
+            )
         except fj.TrainingInterrupted as stop:
             print(f"STOPPED {stop.signal} {stop.step}", flush=True)
             sys.exit(3)

@@ -37,9 +37,20 @@ def main(ckpt_dir: str, out: str, steps: int, log_dir: str, mode: str) -> None:
     else:
         source = functools.partial(fj.data.sinusoid_tasks, shots=5, queries=5)
     try:
-        state, _ = fj.meta_train(learner, optax.adam(1e-3), source, steps=steps, meta_batch=8, key=jax.random.key(3),
-                                 checkpoint_dir=None if ckpt_dir == "-" else ckpt_dir, checkpoint_every=5,
-                                 log_every=5, keep=2, log_dir=log_dir, progress=True)
+        state, _ = fj.meta_train(
+            learner,
+            optax.adam(1e-3),
+            source,
+            steps=steps,
+            meta_batch=8,
+            key=jax.random.key(3),
+            checkpoint_dir=None if ckpt_dir == "-" else ckpt_dir,
+            checkpoint_every=5,
+            log_every=5,
+            keep=2,
+            log_dir=log_dir,
+            progress=True,
+        )
     except fj.TrainingInterrupted as stop:
         print(f"STOPPED {stop.signal} {stop.step}", flush=True)
         sys.exit(3)

@@ -41,11 +41,24 @@ def test_glyph_ordering_at_the_documented_step_counts():
     bench = _benchmark("accuracy")
     train, test = fj.data.glyphs("train").data, fj.data.glyphs("test").data
     reached = {}
-    for learner, filename in (("protonet", "accuracy.json"), ("relation_net", "accuracy_long.json"),
-                              ("maml", "accuracy_long.json"), ("pixel_nn", "accuracy.json")):
+    for learner, filename in (
+        ("protonet", "accuracy.json"),
+        ("relation_net", "accuracy_long.json"),
+        ("maml", "accuracy_long.json"),
+        ("pixel_nn", "accuracy.json"),
+    ):
         mean, ci95, steps = _documented(filename, learner)
-        args = argparse.Namespace(ways=5, queries=15, seed=0, seconds=1e9, max_steps=max(steps, 1), meta_batch=4,
-                                  meta_batch_gradient=4, episodes=600, no_progress=True)
+        args = argparse.Namespace(
+            ways=5,
+            queries=15,
+            seed=0,
+            seconds=1e9,
+            max_steps=max(steps, 1),
+            meta_batch=4,
+            meta_batch_gradient=4,
+            episodes=600,
+            no_progress=True,
+        )
         got = bench.run(learner, 1, train, test, args)
         assert got["steps"] == steps
         assert abs(got["accuracy"] - mean) <= 3 * ci95, (learner, got["accuracy"], mean, ci95)
@@ -67,7 +80,9 @@ def test_bbc_news_8_shot_draws_reproduce(method):
     data = bbc_news()
     for d in range(3):
         sx, sy, tx, ty = few_shot_split(data, 8, seed=d + 1, test_per_class=100, test_seed=0)
-        clf = FewShotTextClassifier("all-MiniLM-L6-v2", method, seed=d, max_length=128, progress=False, **row["settings"])
+        clf = FewShotTextClassifier(
+            "all-MiniLM-L6-v2", method, seed=d, max_length=128, progress=False, **row["settings"]
+        )
         clf.fit(sx, sy)
         score = clf.score(tx, ty)
         assert abs(score - row["per_draw"][d]) <= 2 * row["accuracy_ci95"], (method, d, score, row["per_draw"][d])

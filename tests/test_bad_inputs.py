@@ -28,8 +28,9 @@ HANG_SECONDS = 120  # past this an example is stopped, not waited for
 FAST = settings(max_examples=80, deadline=DEADLINE, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 EXPECTED = (ValueError, TypeError)
 
-bad_counts = st.one_of(st.integers(max_value=0), st.floats(allow_nan=True), st.none(), st.text(max_size=3),
-                       st.booleans())
+bad_counts = st.one_of(
+    st.integers(max_value=0), st.floats(allow_nan=True), st.none(), st.text(max_size=3), st.booleans()
+)
 
 
 def never_hangs(fn):
@@ -83,17 +84,29 @@ def rejects(problems, exceptions=EXPECTED):
 def valid_episodes(draw):
     classes, per_class = draw(st.integers(1, 6)), draw(st.integers(2, 6))
     shots = draw(st.integers(1, per_class - 1))
-    return (classes, per_class, draw(st.integers(1, 2)), draw(st.integers(1, classes)), shots,
-            draw(st.integers(1, per_class - shots)))
+    return (
+        classes,
+        per_class,
+        draw(st.integers(1, 2)),
+        draw(st.integers(1, classes)),
+        shots,
+        draw(st.integers(1, per_class - shots)),
+    )
 
 
 episode_counts = st.one_of(st.integers(-3, 10), bad_counts)
 
 
 @FAST
-@given(episode=sometimes_valid(st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(0, 2), episode_counts,
-                                         episode_counts, episode_counts), valid_episodes()),
-       host=st.booleans())
+@given(
+    episode=sometimes_valid(
+        st.tuples(
+            st.integers(1, 6), st.integers(1, 6), st.integers(0, 2), episode_counts, episode_counts, episode_counts
+        ),
+        valid_episodes(),
+    ),
+    host=st.booleans(),
+)
 @never_hangs
 def test_samplers_reject_bad_episodes(episode, host):
     classes, per_class, extra_rank, ways, shots, queries = episode
@@ -108,8 +121,10 @@ def test_samplers_reject_bad_episodes(episode, host):
     if is_count(ways) and ways > classes:
         problems.append(rf"\bways={ways} exceeds the {classes} classes")
     if is_count(shots) and is_count(queries) and shots + queries > per_class:
-        problems.append(rf"shots \+ queries = {shots} \+ {queries} = {shots + queries} exceeds the {per_class} "
-                        "examples per class")
+        problems.append(
+            rf"shots \+ queries = {shots} \+ {queries} = {shots + queries} exceeds the {per_class} "
+            "examples per class"
+        )
     cls = fj.data.HostSampler if host else fj.data.DeviceSampler
     if not problems:
         sampler = cls(data, ways, shots, queries)
@@ -142,8 +157,11 @@ def test_task_validation_never_crashes(case):
     task = fj.Task(np.zeros(sx), np.zeros(sy, np.int32), np.zeros(qx), np.zeros(qy, np.int32))
     lead = 1 if batched else 0
     fields = {"support_x": sx, "support_y": sy, "query_x": qx, "query_y": qy}
-    problems = [rf"Task\.{name} must have shape .*got shape {esc(shape)}"
-                for name, shape in fields.items() if len(shape) < lead + 1]
+    problems = [
+        rf"Task\.{name} must have shape .*got shape {esc(shape)}"
+        for name, shape in fields.items()
+        if len(shape) < lead + 1
+    ]
     if not problems:  # every field has its example axis (and task axis): the rest can be compared
         if batched and len({shape[0] for shape in fields.values()}) > 1:
             problems.append("Task fields must share the leading task axis")
@@ -153,12 +171,16 @@ def test_task_validation_never_crashes(case):
         for y_name, y, x_name, x in (("support_y", sy, "support_x", sx), ("query_y", qy, "query_x", qx)):
             if y[: lead + 1] != x[: lead + 1]:
                 problems.append(rf"Task\.{y_name} shape {esc(y)} does not match Task\.{x_name} shape {esc(x)}")
-        if sx[lead + 1:] != qx[lead + 1:]:
-            problems.append(rf"Task\.support_x features {esc(sx[lead + 1:])} differ from Task\.query_x features "
-                            rf"{esc(qx[lead + 1:])}")
-        if sy[lead + 1:] != qy[lead + 1:]:
-            problems.append(rf"Task\.support_y target shape {esc(sy[lead + 1:])} differs from Task\.query_y's "
-                            rf"{esc(qy[lead + 1:])}")
+        if sx[lead + 1 :] != qx[lead + 1 :]:
+            problems.append(
+                rf"Task\.support_x features {esc(sx[lead + 1 :])} differ from Task\.query_x features "
+                rf"{esc(qx[lead + 1 :])}"
+            )
+        if sy[lead + 1 :] != qy[lead + 1 :]:
+            problems.append(
+                rf"Task\.support_y target shape {esc(sy[lead + 1 :])} differs from Task\.query_y's "
+                rf"{esc(qy[lead + 1 :])}"
+            )
     if not problems:
         assert task.validate(batched=batched) is task
     else:
@@ -167,13 +189,21 @@ def test_task_validation_never_crashes(case):
 
 
 @FAST
-@given(args=sometimes_valid(
-    st.tuples(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2, 2), st.none(),
-                        st.text(max_size=2)),
-              st.one_of(st.integers(-2, 3), st.floats(), st.none(), st.booleans()),
-              st.one_of(st.sampled_from(["mse", "xent", "MSE", "", "l1"]), st.integers(), st.none())),
-    st.tuples(st.one_of(st.floats(1e-6, 1e3), st.integers(1, 2)), st.integers(1, 3), st.sampled_from(["mse", "xent"]))),
-       maker=st.sampled_from([fj.maml, fj.anil, fj.meta_sgd, fj.reptile]))
+@given(
+    args=sometimes_valid(
+        st.tuples(
+            st.one_of(
+                st.floats(allow_nan=True, allow_infinity=True), st.integers(-2, 2), st.none(), st.text(max_size=2)
+            ),
+            st.one_of(st.integers(-2, 3), st.floats(), st.none(), st.booleans()),
+            st.one_of(st.sampled_from(["mse", "xent", "MSE", "", "l1"]), st.integers(), st.none()),
+        ),
+        st.tuples(
+            st.one_of(st.floats(1e-6, 1e3), st.integers(1, 2)), st.integers(1, 3), st.sampled_from(["mse", "xent"])
+        ),
+    ),
+    maker=st.sampled_from([fj.maml, fj.anil, fj.meta_sgd, fj.reptile]),
+)
 @never_hangs
 def test_learner_constructors(args, maker):
     lr, steps, loss = args
@@ -213,9 +243,16 @@ def valid_step_arguments(draw):
 
 
 @FAST
-@given(args=sometimes_valid(st.tuples(st.one_of(bad_counts, st.integers(1, 4)),
-                                      st.one_of(st.none(), bad_counts, st.integers(1, 5)),
-                                      st.sampled_from([SGD, "adam", None, 0.1])), valid_step_arguments()))
+@given(
+    args=sometimes_valid(
+        st.tuples(
+            st.one_of(bad_counts, st.integers(1, 4)),
+            st.one_of(st.none(), bad_counts, st.integers(1, 5)),
+            st.sampled_from([SGD, "adam", None, 0.1]),
+        ),
+        valid_step_arguments(),
+    )
+)
 @never_hangs
 def test_make_meta_step_arguments(args):
     meta_batch, task_chunk, optimizer = args
@@ -237,14 +274,19 @@ def test_make_meta_step_arguments(args):
 
 
 @FAST
-@given(args=sometimes_valid(st.tuples(*[st.one_of(bad_counts, st.integers(1, 3))] * 3),
-                            st.tuples(*[st.integers(1, 3)] * 3)))
+@given(
+    args=sometimes_valid(
+        st.tuples(*[st.one_of(bad_counts, st.integers(1, 3))] * 3), st.tuples(*[st.integers(1, 3)] * 3)
+    )
+)
 @never_hangs
 def test_sinusoid_tasks_arguments(args):
     num_tasks, shots, queries = args
-    problems = [rf"\b{name} must be a positive int, got {esc(value)}"
-                for name, value in (("num_tasks", num_tasks), ("shots", shots), ("queries", queries))
-                if not is_count(value)]
+    problems = [
+        rf"\b{name} must be a positive int, got {esc(value)}"
+        for name, value in (("num_tasks", num_tasks), ("shots", shots), ("queries", queries))
+        if not is_count(value)
+    ]
     if not problems:
         tasks = jax.eval_shape(lambda key: fj.data.sinusoid_tasks(key, num_tasks, shots, queries), jax.random.key(0))
         assert tasks.support_x.shape == (num_tasks, shots, 1) and tasks.query_y.shape == (num_tasks, queries, 1)
@@ -254,8 +296,11 @@ def test_sinusoid_tasks_arguments(args):
 
 
 @FAST
-@given(episodes=st.one_of(bad_counts, st.integers(2, 5)), batch_size=st.one_of(bad_counts, st.integers(1, 4)),
-       source=st.sampled_from(["sampler", "list", None, 3]))
+@given(
+    episodes=st.one_of(bad_counts, st.integers(2, 5)),
+    batch_size=st.one_of(bad_counts, st.integers(1, 4)),
+    source=st.sampled_from(["sampler", "list", None, 3]),
+)
 @never_hangs
 def test_evaluate_arguments(episodes, batch_size, source):  # valid in ~1 example out of 16: each compiles an evaluation
     src = SOURCE if source == "sampler" else ([1, 2] if source == "list" else source)
@@ -267,8 +312,9 @@ def test_evaluate_arguments(episodes, batch_size, source):  # valid in ~1 exampl
     if source != "sampler":
         problems.append(rf"source must be a sampler, .*got {type(src).__name__}")
     if not problems:
-        result = fj.evaluate(LEARNER, learner_params(), src, episodes=episodes, key=jax.random.key(1),
-                             batch_size=batch_size)
+        result = fj.evaluate(
+            LEARNER, learner_params(), src, episodes=episodes, key=jax.random.key(1), batch_size=batch_size
+        )
         assert len(result.values) == episodes
     else:
         with rejects(problems):
@@ -279,8 +325,9 @@ def test_evaluate_arguments(episodes, batch_size, source):  # valid in ~1 exampl
 
 # Pieces that keep their meaning when concatenated: literals (with escaped braces) and whole slots; "{x}" is a slot
 # without a value, "{}" and "{0}" positional slots. A stray "{" or "}" at the end is the only malformed piece.
-template_pieces = st.sampled_from(["{text}", "{label}", "{topic}", "{x}", "{}", "{0}", "Review: ", "\n", "x", "{{",
-                                   "}}"])
+template_pieces = st.sampled_from(
+    ["{text}", "{label}", "{topic}", "{x}", "{}", "{0}", "Review: ", "\n", "x", "{{", "}}"]
+)
 
 
 @st.composite
@@ -293,8 +340,16 @@ def valid_templates(draw):
 
 
 @FAST
-@given(case=sometimes_valid(st.tuples(st.lists(template_pieces, max_size=6), st.sampled_from(["", "", "{", "}"]),
-                                      st.one_of(st.none(), st.just("news"))), valid_templates()))
+@given(
+    case=sometimes_valid(
+        st.tuples(
+            st.lists(template_pieces, max_size=6),
+            st.sampled_from(["", "", "{", "}"]),
+            st.one_of(st.none(), st.just("news")),
+        ),
+        valid_templates(),
+    )
+)
 @never_hangs
 def test_template_patterns(case):
     pieces, stray, topic = case
@@ -332,11 +387,19 @@ word = st.text(min_size=1, max_size=4).filter(str.strip)
 
 
 @FAST
-@given(mapping=sometimes_valid(
-    st.one_of(st.dictionaries(label_keys, st.one_of(st.text(max_size=4), st.lists(st.text(max_size=4), max_size=3)),
-                              max_size=3),
-              st.none(), st.lists(st.text(max_size=2), max_size=2), st.integers()),
-    st.dictionaries(label_keys, st.one_of(word, st.lists(word, min_size=1, max_size=3)), min_size=1, max_size=3)))
+@given(
+    mapping=sometimes_valid(
+        st.one_of(
+            st.dictionaries(
+                label_keys, st.one_of(st.text(max_size=4), st.lists(st.text(max_size=4), max_size=3)), max_size=3
+            ),
+            st.none(),
+            st.lists(st.text(max_size=2), max_size=2),
+            st.integers(),
+        ),
+        st.dictionaries(label_keys, st.one_of(word, st.lists(word, min_size=1, max_size=3)), min_size=1, max_size=3),
+    )
+)
 @never_hangs
 def test_verbalizer_mappings(mapping):
     problems = []
@@ -347,8 +410,11 @@ def test_verbalizer_mappings(mapping):
             words = [value] if isinstance(value, str) else list(value)
             if not words:
                 problems.append(rf"verbalizer label {esc(label)} has no label words")
-            problems += [rf"verbalizer label {esc(label)} has an empty or non-string label word {esc(w)}"
-                         for w in words if not w.strip()]
+            problems += [
+                rf"verbalizer label {esc(label)} has an empty or non-string label word {esc(w)}"
+                for w in words
+                if not w.strip()
+            ]
     if not problems:
         verbalizer = fj.llm.Verbalizer(mapping)
         assert verbalizer.labels == tuple(mapping)
@@ -358,10 +424,17 @@ def test_verbalizer_mappings(mapping):
             fj.llm.Verbalizer(mapping)
 
 
-texts_strategy = st.one_of(st.lists(st.one_of(st.text(min_size=1, max_size=5), st.integers(), st.none()), max_size=4),
-                           st.none(), st.text(max_size=4), st.integers())
-labels_strategy = st.one_of(st.lists(st.one_of(st.sampled_from(["a", "b"]), st.integers(0, 1), st.just([1])),
-                                     max_size=5), st.none(), st.integers())
+texts_strategy = st.one_of(
+    st.lists(st.one_of(st.text(min_size=1, max_size=5), st.integers(), st.none()), max_size=4),
+    st.none(),
+    st.text(max_size=4),
+    st.integers(),
+)
+labels_strategy = st.one_of(
+    st.lists(st.one_of(st.sampled_from(["a", "b"]), st.integers(0, 1), st.just([1])), max_size=5),
+    st.none(),
+    st.integers(),
+)
 
 
 @FAST
@@ -376,8 +449,11 @@ def test_text_classifier_fit_rejects_bad_support_sets(texts, labels):
     elif not texts:
         problems.append("texts is empty")
     else:
-        problems += [rf"texts\[{i}\] must be a str, got {type(t).__name__} {esc(t)}"
-                     for i, t in enumerate(texts) if not isinstance(t, str)]
+        problems += [
+            rf"texts\[{i}\] must be a str, got {type(t).__name__} {esc(t)}"
+            for i, t in enumerate(texts)
+            if not isinstance(t, str)
+        ]
     if not isinstance(labels, list):
         problems.append(rf"labels must be a sequence of labels, got {type(labels).__name__}")
     elif isinstance(texts, list) and len(labels) != len(texts):
@@ -395,12 +471,22 @@ def test_text_classifier_fit_rejects_bad_support_sets(texts, labels):
 
 
 @FAST
-@given(args=sometimes_valid(
-    st.tuples(st.one_of(st.sampled_from(["head", "finetune", "setfit", "protonet", "anil", "knn", ""]), st.none()),
-              st.one_of(st.integers(-2, 300), bad_counts), st.one_of(st.integers(-1, 8), bad_counts),
-              st.sampled_from(["all-MiniLM-L6-v2", "/nonexistent/bert"])),
-    st.tuples(st.sampled_from(fj.llm.finetune.METHODS), st.integers(2, 300), st.integers(1, 8),
-              st.just("all-MiniLM-L6-v2"))))
+@given(
+    args=sometimes_valid(
+        st.tuples(
+            st.one_of(st.sampled_from(["head", "finetune", "setfit", "protonet", "anil", "knn", ""]), st.none()),
+            st.one_of(st.integers(-2, 300), bad_counts),
+            st.one_of(st.integers(-1, 8), bad_counts),
+            st.sampled_from(["all-MiniLM-L6-v2", "/nonexistent/bert"]),
+        ),
+        st.tuples(
+            st.sampled_from(fj.llm.finetune.METHODS),
+            st.integers(2, 300),
+            st.integers(1, 8),
+            st.just("all-MiniLM-L6-v2"),
+        ),
+    )
+)
 @never_hangs
 def test_text_classifier_constructor(args):
     method, max_length, batch_size, backbone = args
@@ -422,10 +508,13 @@ def test_text_classifier_constructor(args):
 
 
 @FAST
-@given(temperature=st.one_of(st.floats(allow_nan=True, allow_infinity=False), st.integers(-1, 3), st.none()),
-       alpha=st.one_of(st.floats(-1, 2), st.just(float("nan")), st.none()),
-       steps=st.one_of(st.integers(-1, 2), bad_counts),
-       shape=st.sampled_from([(), (0, 2), (4, 2), (4,), (4, 5)]), only_inputs=st.booleans())
+@given(
+    temperature=st.one_of(st.floats(allow_nan=True, allow_infinity=False), st.integers(-1, 3), st.none()),
+    alpha=st.one_of(st.floats(-1, 2), st.just(float("nan")), st.none()),
+    steps=st.one_of(st.integers(-1, 2), bad_counts),
+    shape=st.sampled_from([(), (0, 2), (4, 2), (4,), (4, 5)]),
+    only_inputs=st.booleans(),
+)
 @never_hangs
 def test_distill_arguments(temperature, alpha, steps, shape, only_inputs):
     if only_inputs:  # every other argument valid: the inputs' shape alone decides
@@ -433,7 +522,7 @@ def test_distill_arguments(temperature, alpha, steps, shape, only_inputs):
     student = fj.models.MLP(hidden=(), out=3)
     params = student.init(jax.random.key(0), np.zeros((1, 2), np.float32))
     inputs = np.ones(shape, np.float32)
-    teacher = lambda x: np.ones((x.shape[0], 3), np.float32)  # noqa: E731
+    teacher = lambda x: np.ones((x.shape[0], 3), np.float32)
     problems = []
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         problems.append(rf"temperature must be > 0, got {esc(temperature)}")
@@ -464,7 +553,7 @@ def test_inputs_that_used_to_slip_through(tmp_path):
         fj.llm.FewShotTextClassifier(str(tmp_path), "head")
     student = fj.models.MLP(hidden=(), out=3)
     params = student.init(jax.random.key(0), np.zeros((1, 2), np.float32))
-    teacher = lambda x: np.ones((x.shape[0], 3), np.float32)  # noqa: E731
+    teacher = lambda x: np.ones((x.shape[0], 3), np.float32)
     with pytest.raises(ValueError, match="temperature must be > 0, got True"):
         fj.llm.distill(teacher, student, params, np.ones((4, 2), np.float32), steps=1, temperature=True)
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\], got True"):

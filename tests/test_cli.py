@@ -18,8 +18,9 @@ from fsl_jax.demo import PUBLISHED, format_table, run_sinusoid
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "fsl_jax.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fsl_jax.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_help_texts():
@@ -49,8 +50,31 @@ def test_bad_value_is_a_clean_error(capsys, tmp_path):
     assert main(["train", "--data", "digits", "--ways", "500", "--out", str(out)]) == 2
     assert "--ways 500 exceeds the 5 training classes of digits" in capsys.readouterr().err
     assert not out.exists()
-    assert main(["train", "--data", "digits", "--learner", "protonet", "--ways", "5", "--shots", "1", "--queries", "2",
-                 "--meta-batch", "2", "--steps", "2", "--no-eval", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                "digits",
+                "--learner",
+                "protonet",
+                "--ways",
+                "5",
+                "--shots",
+                "1",
+                "--queries",
+                "2",
+                "--meta-batch",
+                "2",
+                "--steps",
+                "2",
+                "--no-eval",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
 
 
 def _rows(folder):
@@ -60,8 +84,12 @@ def _rows(folder):
 
 def test_train_then_eval_sinusoid(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--data", "sinusoid", "--steps", "40", "--meta-batch", "4", "--episodes", "20",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["train", "--data", "sinusoid", "--steps", "40", "--meta-batch", "4", "--episodes", "20", "--out", str(out)]
+        )
+        == 0
+    )
     assert (out / "config.json").exists()
     assert fj.latest_step(out / "checkpoints") == 40
     assert os.path.getsize(out / "learning_curve.png") > 5_000  # train draws the curve itself
@@ -72,8 +100,9 @@ def test_train_then_eval_sinusoid(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "last at step 40" in printed and "test at step 40: mse" in printed
     # a second train call on the same folder resumes instead of restarting: it starts at step 40
-    assert main(["train", "--data", "sinusoid", "--steps", "50", "--meta-batch", "4", "--no-eval",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["train", "--data", "sinusoid", "--steps", "50", "--meta-batch", "4", "--no-eval", "--out", str(out)]) == 0
+    )
     assert "resuming from step 40" in capsys.readouterr().err
     assert fj.latest_step(out / "checkpoints") == 50
     rows = [r for r in _rows(out) if "event" not in r]
@@ -86,8 +115,32 @@ def test_train_then_eval_sinusoid(tmp_path, capsys):
 
 def test_train_digits_classification(tmp_path, capsys):
     out = tmp_path / "digits"
-    assert main(["train", "--learner", "protonet", "--data", "digits", "--ways", "5", "--shots", "1", "--queries",
-                 "5", "--meta-batch", "4", "--steps", "60", "--episodes", "100", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--learner",
+                "protonet",
+                "--data",
+                "digits",
+                "--ways",
+                "5",
+                "--shots",
+                "1",
+                "--queries",
+                "5",
+                "--meta-batch",
+                "4",
+                "--steps",
+                "60",
+                "--episodes",
+                "100",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     saved = json.loads((out / "eval.json").read_text())
     assert saved["metric"] == "accuracy" and saved["episodes"] == 100 and saved["step"] == 60
@@ -102,8 +155,12 @@ def test_ctrl_c_saves_and_the_same_command_resumes_bit_identically(tmp_path):
     """SIGINT to `fsl-jax train` at a random moment: exit 130, checkpoint of the last step, resume hint; running the
     printed command again finishes with exactly the metrics of an uninterrupted run."""
     args = ["train", "--data", "sinusoid", "--steps", "3000", "--no-eval"]  # ~1-2 ms per step: stopped early
-    reference = subprocess.Popen([sys.executable, "-m", "fsl_jax.cli", *args, "--out", str(tmp_path / "ref")],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reference = subprocess.Popen(
+        [sys.executable, "-m", "fsl_jax.cli", *args, "--out", str(tmp_path / "ref")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     run = tmp_path / "run"
     command = [sys.executable, "-m", "fsl_jax.cli", *args, "--out", str(run)]
     victim = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

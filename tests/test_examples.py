@@ -17,7 +17,13 @@ SLOW = {"maml_to_anil.py", "custom_learner.py", "icl_gpt2.py"}
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in EXAMPLES])
 def test_example_runs_quick(name, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "examples", name), "--quick"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "examples", name), "--quick"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.strip(), "an example must print its result"

@@ -87,8 +87,10 @@ def test_resize_to_requested_shape(rgb, tmp_path):
     # bilinear resizing of a flat image keeps its colour
     flat = np.full((1, 1, 5, 7, 3), (10, 200, 90), np.uint8)
     write_image_folder(tmp_path / "flat", flat)
-    np.testing.assert_array_equal(image_folder(tmp_path / "flat", size=(12, 3)).load(0, 0),
-                                  np.broadcast_to(np.array([10, 200, 90], np.uint8), (12, 3, 3)))
+    np.testing.assert_array_equal(
+        image_folder(tmp_path / "flat", size=(12, 3)).load(0, 0),
+        np.broadcast_to(np.array([10, 200, 90], np.uint8), (12, 3, 3)),
+    )
 
 
 def test_listing_is_sorted_case_insensitive_and_skips_other_files(tmp_path):
@@ -194,8 +196,9 @@ def test_small_classes_error_and_skip(rgb):
         os.remove(os.path.join(root, "moth", f"0000{i}.png"))
     with pytest.raises(ValueError, match=re.escape(os.path.join(root, "moth")) + r" holds 1 images.*min_per_class=2"):
         image_folder(root, size=4, min_per_class=2)
-    with pytest.warns(UserWarning, match=r"skipped 1 class folders.*min_per_class=2.*" + re.escape(
-            os.path.join(root, "moth"))):
+    with pytest.warns(
+        UserWarning, match=r"skipped 1 class folders.*min_per_class=2.*" + re.escape(os.path.join(root, "moth"))
+    ):
         source = image_folder(root, size=4, min_per_class=2, small_classes="skip")
     assert source.class_names == ("ant", "zebra") and source.counts.tolist() == [4, 4]
     with warnings.catch_warnings():

@@ -45,8 +45,9 @@ def _hf_names(flax_params):
 def reference(tmp_path_factory):
     """A random transformers GPT-2, written as a PyTorch-named model.safetensors (+ the buffers real checkpoints
     carry), and what fsl_jax loads from it."""
-    hf_config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=64, n_layer=2, n_head=4,
-                                        bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1)
+    hf_config = transformers.GPT2Config(
+        vocab_size=VOCAB, n_positions=64, n_embd=64, n_layer=2, n_head=4, bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1
+    )
     ref = flax_reference("FlaxGPT2LMHeadModel")(hf_config, seed=0)
     folder = tmp_path_factory.mktemp("gpt2")
     hf_config.save_pretrained(folder)
@@ -77,8 +78,10 @@ def test_loaded_weights_are_the_references(reference):
     assert module.config.n_embd == 64 and module.config.n_layer == 2
     # The file's names are right: transformers' own converter reads it back to the same params.
     again = flax_reference("FlaxGPT2LMHeadModel").from_pretrained(folder)
-    np.testing.assert_array_equal(again.params["transformer"]["h"]["1"]["mlp"]["c_fc"]["kernel"],
-                                  ref.params["transformer"]["h"]["1"]["mlp"]["c_fc"]["kernel"])
+    np.testing.assert_array_equal(
+        again.params["transformer"]["h"]["1"]["mlp"]["c_fc"]["kernel"],
+        ref.params["transformer"]["h"]["1"]["mlp"]["c_fc"]["kernel"],
+    )
 
 
 def test_logits_match_reference_without_padding(reference):
@@ -155,11 +158,11 @@ def test_generate_pads_after_eos_and_samples_reproducibly(reference):
     eos = int(greedy[0, ids.shape[1] + 1])  # row 0's second new token plays the stop token
     stopped = np.asarray(generate(module, params, ids, mask, 6, eos_token_id=eos, pad_token_id=7))
     for row in range(3):
-        new = greedy[row, ids.shape[1]:]
+        new = greedy[row, ids.shape[1] :]
         hits = np.flatnonzero(new == eos)
         end = hits[0] + 1 if hits.size else len(new)
-        np.testing.assert_array_equal(stopped[row, ids.shape[1]:][:end], new[:end])
-        assert (stopped[row, ids.shape[1]:][end:] == 7).all()
+        np.testing.assert_array_equal(stopped[row, ids.shape[1] :][:end], new[:end])
+        assert (stopped[row, ids.shape[1] :][end:] == 7).all()
     a = generate(module, params, ids, mask, 5, key=jax.random.key(0), temperature=1.0, top_k=20)
     b = generate(module, params, ids, mask, 5, key=jax.random.key(0), temperature=1.0, top_k=20)
     np.testing.assert_array_equal(a, b)
@@ -218,8 +221,7 @@ def test_tokenizer_gets_eos_as_pad(reference, tmp_path):
     vocab = {"<|endoftext|>": 0, "hello": 1, "world": 2, "[UNK]": 3}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>",
-                                               unk_token="[UNK]")
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", unk_token="[UNK]")
     assert tok.pad_token is None
     save_pretrained(tmp_path, module, params, tokenizer=tok)
     _, _, loaded = from_pretrained(tmp_path)

@@ -9,7 +9,14 @@ import pytest
 
 import fsl_jax as fj
 from fsl_jax.llm.augment import (
-    Augmenter, EmbeddingReplacement, RandomDeletion, RandomInsertion, RandomSwap, Rewrite, eda, token_embedding_matrix,
+    Augmenter,
+    EmbeddingReplacement,
+    RandomDeletion,
+    RandomInsertion,
+    RandomSwap,
+    Rewrite,
+    eda,
+    token_embedding_matrix,
 )
 from fsl_jax.llm.distill import agreement, distill, distill_loss, kl_divergence
 from fsl_jax.llm.icl import evaluate_icl, gaussian_episodes, meta_train_icl, nearest_class_mean_accuracy
@@ -24,8 +31,9 @@ def test_gaussian_episodes_layout():
     assert np.asarray(tasks.support_mask).sum(axis=1).tolist() == [8, 8, 8]
     for t in range(3):  # labels are a permutation of 0..ways-1, shared by support and query of a class
         assert sorted(set(np.asarray(tasks.support_y[t]).tolist())) == [0, 1, 2, 3]
-        np.testing.assert_array_equal(np.asarray(tasks.support_y[t]).reshape(4, 5)[:, 0],
-                                      np.asarray(tasks.query_y[t]).reshape(4, 2)[:, 0])
+        np.testing.assert_array_equal(
+            np.asarray(tasks.support_y[t]).reshape(4, 5)[:, 0], np.asarray(tasks.query_y[t]).reshape(4, 2)[:, 0]
+        )
     # nearest class mean on the masked support, against numpy
     acc = np.asarray(jax.jit(nearest_class_mean_accuracy, static_argnums=1)(tasks, 4))
     for t in range(3):
@@ -36,11 +44,20 @@ def test_gaussian_episodes_layout():
 
 
 def test_icl_transformer_learns_above_chance():
-    result = meta_train_icl(jax.random.key(0), steps=120, n_embd=64, n_layer=2, n_head=4, meta_batch=16,
-                            learning_rate=3e-3, progress=False)
+    result = meta_train_icl(
+        jax.random.key(0), steps=120, n_embd=64, n_layer=2, n_head=4, meta_batch=16, learning_rate=3e-3, progress=False
+    )
     assert result.steps == 120 and result.history.steps[-1] == 120
-    accs = evaluate_icl(result.model, result.params, ways=5, shots=5, episodes=100, key=jax.random.key(1),
-                        batch_size=100, **result.episode_kwargs)
+    accs = evaluate_icl(
+        result.model,
+        result.params,
+        ways=5,
+        shots=5,
+        episodes=100,
+        key=jax.random.key(1),
+        batch_size=100,
+        **result.episode_kwargs,
+    )
     assert accs["icl"].shape == accs["protonet"].shape == (100,)
     assert accs["icl"].mean() > 0.4  # chance is 0.2
     assert result.icl_accuracy(result.params, 5, 5, 100, jax.random.key(1)) == pytest.approx(accs["icl"].mean())
@@ -88,10 +105,22 @@ def test_distilled_student_is_closer_to_teacher_than_hard_label_student():
 def test_distill_bert_teacher_into_smaller_bert():
     from fsl_jax.llm.text_models import BertClassifier
 
-    big = fj.models.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                               intermediate_size=64, max_position_embeddings=16)
-    small = fj.models.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                 intermediate_size=32, max_position_embeddings=16)
+    big = fj.models.BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=16,
+    )
+    small = fj.models.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=16,
+    )
     ids = jax.random.randint(jax.random.key(0), (64, 8), 1, 50)
     teacher, student = BertClassifier(big, 3), BertClassifier(small, 3)
     t_params = jax.jit(teacher.init)(jax.random.key(1), ids)  # jitted: eager BERT init is slow on a CPU
@@ -99,16 +128,29 @@ def test_distill_bert_teacher_into_smaller_bert():
     t_apply = jax.jit(lambda b: 20.0 * teacher.apply(t_params, b))
     s_apply = jax.jit(student.apply)
     before = float(kl_divergence(t_apply(ids), s_apply(s_params, ids)).mean())
-    tuned, history = distill(t_apply, student, s_params, ids, steps=20, learning_rate=3e-3, batch_size=16,
-                             temperature=1.0, return_history=True, key=jax.random.key(3))
+    tuned, history = distill(
+        t_apply,
+        student,
+        s_params,
+        ids,
+        steps=20,
+        learning_rate=3e-3,
+        batch_size=16,
+        temperature=1.0,
+        return_history=True,
+        key=jax.random.key(3),
+    )
     after = float(kl_divergence(t_apply(ids), s_apply(tuned, ids)).mean())
     assert after < 0.7 * before and len(history["loss"]) == 20
 
 
 # ------------------------------------------------------------------------------------------------ augmentation
 
-TEXTS = ["the striker scored a late goal in the final", "shares fell sharply as markets closed lower",
-         "the minister announced a new budget today"]
+TEXTS = [
+    "the striker scored a late goal in the final",
+    "shares fell sharply as markets closed lower",
+    "the minister announced a new budget today",
+]
 LABELS = ["sport", "business", "politics"]
 
 
@@ -156,8 +198,9 @@ class _Vocab:
 def test_embedding_neighbour_replacement_whole_words_only():
     # byte-level-BPE-like vocabulary: only "Ġword" tokens are whole words
     tokens = ["Ġgoal", "Ġpoint", "Ġscore", "goal", "Ġmarket", "Ġstock", "##al", "Ġthe"]
-    emb = np.array([[1, 0, 0], [0.9, 0.1, 0], [0.8, 0.2, 0], [1, 0, 0], [0, 1, 0], [0, 0.9, 0.1], [1, 0, 0],
-                    [0, 0, 1]], np.float32)
+    emb = np.array(
+        [[1, 0, 0], [0.9, 0.1, 0], [0.8, 0.2, 0], [1, 0, 0], [0, 1, 0], [0, 0.9, 0.1], [1, 0, 0], [0, 0, 1]], np.float32
+    )
     op = EmbeddingReplacement(emb, _Vocab(tokens), p=1.0, top_k=1, min_length=4)
     assert op.neighbours("goal") == ["point"]  # not the sub-word "goal" / "##al" rows
     assert op.neighbours("market") == ["stock"]
@@ -168,7 +211,8 @@ def test_embedding_neighbour_replacement_whole_words_only():
     params = {"params": {"wte": {"embedding": emb}}}
     np.testing.assert_array_equal(token_embedding_matrix(params), emb)
     # WordPiece-like vocabulary: "##" pieces and special tokens are skipped
-    op = EmbeddingReplacement(emb, _Vocab(["goal", "point", "score", "[CLS]", "market", "stock", "##al", "the"]),
-                              p=1.0, top_k=2)
+    op = EmbeddingReplacement(
+        emb, _Vocab(["goal", "point", "score", "[CLS]", "market", "stock", "##al", "the"]), p=1.0, top_k=2
+    )
     assert "al" not in op.words and "[CLS]" not in op.words
     assert op.neighbours("goal") == ["point", "score"]

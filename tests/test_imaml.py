@@ -24,8 +24,12 @@ def _regression_task(key, dim=6, n_support=10, n_query=12, scale=None):
     sx = jax.random.normal(k1, (n_support, dim), jnp.float64)
     if scale is not None:  # spread the Hessian's eigenvalues: CG needs several iterations
         sx = sx * scale
-    return fj.Task(sx, jax.random.normal(k2, (n_support, 1), jnp.float64),
-                   jax.random.normal(k3, (n_query, dim), jnp.float64), jax.random.normal(k4, (n_query, 1), jnp.float64))
+    return fj.Task(
+        sx,
+        jax.random.normal(k2, (n_support, 1), jnp.float64),
+        jax.random.normal(k3, (n_query, dim), jnp.float64),
+        jax.random.normal(k4, (n_query, 1), jnp.float64),
+    )
 
 
 def _closed_form(theta, task, lam):
@@ -56,8 +60,12 @@ def test_imaml_meta_gradient_equals_the_closed_form_when_the_inner_solution_is_e
         got = np.asarray(_meta_grad(learner, params, task)["params"]["w"]["kernel"])[:, 0]
         np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-10)
         # and it is not MAML's gradient through the trajectory, nor the first-order one
-        first_order = 2.0 / len(task.query_x) * np.asarray(task.query_x).T @ (
-            np.asarray(task.query_x) @ phi_star - np.asarray(task.query_y)[:, 0])
+        first_order = (
+            2.0
+            / len(task.query_x)
+            * np.asarray(task.query_x).T
+            @ (np.asarray(task.query_x) @ phi_star - np.asarray(task.query_y)[:, 0])
+        )
         assert np.linalg.norm(got - first_order) > 1e-3 * np.linalg.norm(got)
 
 
@@ -72,15 +80,16 @@ def test_imaml_matches_the_implicit_formula_on_a_nonlinear_model():
         params = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), learner.init(jax.random.key(8), task))
         phi = jax.jit(lambda p: learner.adapt(p, task, None))(params)["params"]
         flat_phi, unravel = ravel_pytree(phi)
-        support = lambda v: fj.mse_loss(model.apply({"params": unravel(v)}, task.support_x), task.support_y)  # noqa: E731
-        query = lambda v: fj.mse_loss(model.apply({"params": unravel(v)}, task.query_x), task.query_y)  # noqa: E731
+        support = lambda v: fj.mse_loss(model.apply({"params": unravel(v)}, task.support_x), task.support_y)
+        query = lambda v: fj.mse_loss(model.apply({"params": unravel(v)}, task.query_x), task.query_y)
         hessian = np.asarray(jax.hessian(support)(flat_phi))
         expected = np.linalg.solve(np.eye(len(flat_phi)) + hessian / lam, np.asarray(jax.grad(query)(flat_phi)))
         got = ravel_pytree(_meta_grad(learner, params, task)["params"])[0]
         np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-10)
         theta = ravel_pytree(params["params"])[0]
-        at_theta = np.linalg.solve(np.eye(len(theta)) + np.asarray(jax.hessian(support)(theta)) / lam,
-                                   np.asarray(jax.grad(query)(flat_phi)))
+        at_theta = np.linalg.solve(
+            np.eye(len(theta)) + np.asarray(jax.hessian(support)(theta)) / lam, np.asarray(jax.grad(query)(flat_phi))
+        )
         assert np.abs(at_theta - expected).max() > 1e-4  # the test tells the two apart
 
 
@@ -112,9 +121,16 @@ def test_forward_and_reverse_hessian_vector_products_agree_and_conv4_works():
     """Conv-4's im2col convolution has reverse-only rules: "auto" falls back to reverse-over-reverse there."""
     with jax.enable_x64(True):
         task = _regression_task(jax.random.key(5))
-        grads = [ravel_pytree(_meta_grad(fj.imaml(Linear(), "mse", 0.1, 30, lam=1.0, cg_steps=3, hvp=h),
-                                         fj.imaml(Linear(), "mse").init(jax.random.key(1), task), task))[0]
-                 for h in ("forward", "reverse")]
+        grads = [
+            ravel_pytree(
+                _meta_grad(
+                    fj.imaml(Linear(), "mse", 0.1, 30, lam=1.0, cg_steps=3, hvp=h),
+                    fj.imaml(Linear(), "mse").init(jax.random.key(1), task),
+                    task,
+                )
+            )[0]
+            for h in ("forward", "reverse")
+        ]
         np.testing.assert_allclose(grads[0], grads[1], rtol=1e-10)
     data = jax.random.uniform(jax.random.key(0), (6, 4, 4, 4, 1))
     image_task = fj.data.DeviceSampler(data, 3, 1, 2).sample_one(jax.random.key(1))
@@ -135,8 +151,10 @@ def test_imaml_memory_is_flat_in_the_number_of_inner_steps_while_maml_grows():
     model = fj.models.MLP(hidden=(64, 64), out=1)
     task = fj.task_at(fj.data.sinusoid_tasks(jax.random.key(0), 1, 20, 20), 0)
     memory = {}
-    for name, make in (("imaml", lambda n: fj.imaml(model, "mse", 0.01, n, lam=1.0, cg_steps=3)),
-                       ("maml", lambda n: fj.maml(model, "mse", 0.01, n))):
+    for name, make in (
+        ("imaml", lambda n: fj.imaml(model, "mse", 0.01, n, lam=1.0, cg_steps=3)),
+        ("maml", lambda n: fj.maml(model, "mse", 0.01, n)),
+    ):
         for steps in (5, 80):
             learner = make(steps)
             params = learner.init(jax.random.key(1), task)
@@ -153,7 +171,8 @@ def test_imaml_trains_through_make_meta_step_with_task_chunks():
     for chunk in (None, 2):
         state = fj.TrainState.create(learner, params, optax.sgd(0.1))
         state, metrics = fj.make_meta_step(learner, optax.sgd(0.1), task_chunk=chunk, donate=False)(
-            state, tasks, jax.random.key(2))
+            state, tasks, jax.random.key(2)
+        )
         results.append(ravel_pytree(state.params)[0])
         assert bool(metrics["finite"])
     np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
@@ -164,25 +183,37 @@ def test_imaml_padded_task_has_the_unpadded_gradient():
     with jax.enable_x64(True):
         model = fj.models.MLP((5,), 3, dtype=jnp.float64)
         key = jax.random.key(0)
-        task = fj.Task(jax.random.normal(key, (6, 2), jnp.float64), jnp.array([0, 1, 2, 0, 1, 2]),
-                       jax.random.normal(jax.random.key(1), (6, 2), jnp.float64), jnp.array([2, 1, 0, 0, 1, 2]))
+        task = fj.Task(
+            jax.random.normal(key, (6, 2), jnp.float64),
+            jnp.array([0, 1, 2, 0, 1, 2]),
+            jax.random.normal(jax.random.key(1), (6, 2), jnp.float64),
+            jnp.array([2, 1, 0, 0, 1, 2]),
+        )
         padded = fj.data.pad_task(task, support=9, query=8)
         learner = fj.imaml(model, "xent", 0.1, 20, lam=1.0, cg_steps=4)
         params = jax.tree_util.tree_map(lambda v: v.astype(jnp.float64), learner.init(jax.random.key(2), task))
-        np.testing.assert_allclose(ravel_pytree(_meta_grad(learner, params, padded))[0],
-                                   ravel_pytree(_meta_grad(learner, params, task))[0], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            ravel_pytree(_meta_grad(learner, params, padded))[0],
+            ravel_pytree(_meta_grad(learner, params, task))[0],
+            rtol=1e-9,
+            atol=1e-12,
+        )
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"lam": 0.0}, "lam must be a positive"),
-    ({"lam": -1.0}, "lam must be a positive"),
-    ({"cg_steps": 0}, "cg_steps must be a positive int"),
-    ({"cg_steps": 2.5}, "cg_steps must be a positive int"),
-    ({"inner_steps": 0}, "inner_steps must be a positive int"),
-    ({"inner_lr": float("nan")}, "inner_lr must be a positive"),
-    ({"hvp": "exact"}, "hvp must be 'auto', 'forward' or 'reverse', got 'exact'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"lam": 0.0}, "lam must be a positive"),
+        ({"lam": -1.0}, "lam must be a positive"),
+        ({"cg_steps": 0}, "cg_steps must be a positive int"),
+        ({"cg_steps": 2.5}, "cg_steps must be a positive int"),
+        ({"inner_steps": 0}, "inner_steps must be a positive int"),
+        ({"inner_lr": float("nan")}, "inner_lr must be a positive"),
+        ({"hvp": "exact"}, "hvp must be 'auto', 'forward' or 'reverse', got 'exact'"),
+    ],
+)
 def test_imaml_bad_arguments_name_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        fj.imaml(fj.models.MLP((4,), 1), "mse", **{"inner_lr": 0.1, "inner_steps": 3, "lam": 1.0, "cg_steps": 2,
-                                                   **kwargs})
+        fj.imaml(
+            fj.models.MLP((4,), 1), "mse", **{"inner_lr": 0.1, "inner_steps": 3, "lam": 1.0, "cg_steps": 2, **kwargs}
+        )

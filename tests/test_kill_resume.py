@@ -24,8 +24,12 @@ STEPS = 200
 
 
 def _run(ckpt, out, log_dir, *extra):
-    return subprocess.Popen([sys.executable, WORKER, str(ckpt), str(out), str(STEPS), str(log_dir), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, WORKER, str(ckpt), str(out), str(STEPS), str(log_dir), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _load(path):

@@ -1,6 +1,5 @@
 """The MAML family: second order is real, first order is not, nothing leaks from the query set."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,8 +57,12 @@ def test_maml_meta_gradient_equals_closed_form_second_order(steps):
         np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-8)
 
         fo = fj.maml(model, "mse", inner_lr=alpha, inner_steps=steps, first_order=True)
-        fo_grads = ravel_pytree(jax.grad(lambda p: fj.meta_loss(fo, p, task, jax.random.key(2))[0])(variables)["params"])[0]
-        np.testing.assert_allclose(fo_grads, _closed_form(model, variables, task, alpha, steps, True), rtol=1e-5, atol=1e-8)
+        fo_grads = ravel_pytree(
+            jax.grad(lambda p: fj.meta_loss(fo, p, task, jax.random.key(2))[0])(variables)["params"]
+        )[0]
+        np.testing.assert_allclose(
+            fo_grads, _closed_form(model, variables, task, alpha, steps, True), rtol=1e-5, atol=1e-8
+        )
         # The second-order terms matter here: FOMAML's gradient is measurably different.
         assert float(jnp.linalg.norm(fo_grads - ours)) > 1e-3 * float(jnp.linalg.norm(ours))
 
@@ -89,8 +92,8 @@ def test_meta_sgd_learning_rates_get_the_closed_form_gradient():
         # d L_q(theta - lr * g_s) / d lr = -g_s * grad L_q(theta')
         flat, unravel = ravel_pytree(params["model"]["params"])
         lrs = ravel_pytree(params["inner_lr"])[0]
-        s_loss = lambda v: mse_loss(model.apply({"params": unravel(v)}, task.support_x), task.support_y)  # noqa: E731
-        q_loss = lambda v: mse_loss(model.apply({"params": unravel(v)}, task.query_x), task.query_y)  # noqa: E731
+        s_loss = lambda v: mse_loss(model.apply({"params": unravel(v)}, task.support_x), task.support_y)
+        q_loss = lambda v: mse_loss(model.apply({"params": unravel(v)}, task.query_x), task.query_y)
         g_s = jax.grad(s_loss)(flat)
         expected = -g_s * jax.grad(q_loss)(flat - lrs * g_s)
         np.testing.assert_allclose(ravel_pytree(grads["inner_lr"])[0], expected, rtol=1e-6, atol=1e-12)
@@ -141,8 +144,9 @@ def test_anil_meta_gradient_is_second_order():
         grads = jax.grad(lambda p: fj.meta_loss(learner, p, task, jax.random.key(0))[0])(variables)["params"]
         expected = jax.grad(lambda p: _unrolled_query_loss(model, task, p, alpha, steps, ["head"]))(params)
         for name in ("dense0", "head"):
-            np.testing.assert_allclose(ravel_pytree(grads[name])[0], ravel_pytree(expected[name])[0],
-                                       rtol=1e-8, atol=1e-12, err_msg=name)
+            np.testing.assert_allclose(
+                ravel_pytree(grads[name])[0], ravel_pytree(expected[name])[0], rtol=1e-8, atol=1e-12, err_msg=name
+            )
 
         # Closed form over the head alone (the body fixed).
         head0, unravel = ravel_pytree(params["head"])
@@ -150,8 +154,8 @@ def test_anil_meta_gradient_is_second_order():
         def with_head(v):
             return {"params": {**params, "head": unravel(v)}}
 
-        s_loss = lambda v: _mse(model.apply(with_head(v), task.support_x), task.support_y)  # noqa: E731
-        q_loss = lambda v: _mse(model.apply(with_head(v), task.query_x), task.query_y)  # noqa: E731
+        s_loss = lambda v: _mse(model.apply(with_head(v), task.support_x), task.support_y)
+        q_loss = lambda v: _mse(model.apply(with_head(v), task.query_x), task.query_y)
         heads = [head0]
         for _ in range(steps):
             heads.append(heads[-1] - alpha * jax.grad(s_loss)(heads[-1]))
@@ -163,8 +167,9 @@ def test_anil_meta_gradient_is_second_order():
 
         first = fj.anil(model, "mse", inner_lr=alpha, inner_steps=steps, head="head", first_order=True)
         fo = jax.grad(lambda p: fj.meta_loss(first, p, task, jax.random.key(0))[0])(variables)["params"]
-        fo_expected = jax.grad(lambda p: _unrolled_query_loss(model, task, p, alpha, steps, ["head"],
-                                                              first_order=True))(params)
+        fo_expected = jax.grad(
+            lambda p: _unrolled_query_loss(model, task, p, alpha, steps, ["head"], first_order=True)
+        )(params)
         for name in ("dense0", "head"):
             ours, fo_name = ravel_pytree(grads[name])[0], ravel_pytree(fo[name])[0]
             np.testing.assert_allclose(fo_name, ravel_pytree(fo_expected[name])[0], rtol=1e-8, atol=1e-12)
@@ -190,8 +195,8 @@ def test_meta_sgd_meta_gradient_is_second_order():
 
         def by_hand(first_order):
             g_w, g_lr = jax.grad(
-                lambda w, lr: _unrolled_query_loss(model, task, w, lr, steps, first_order=first_order),
-                argnums=(0, 1))(params["model"]["params"], lrs)
+                lambda w, lr: _unrolled_query_loss(model, task, w, lr, steps, first_order=first_order), argnums=(0, 1)
+            )(params["model"]["params"], lrs)
             return ravel_pytree(g_w)[0], ravel_pytree(g_lr)[0]
 
         g_w, g_lr = ours(learner)
@@ -251,7 +256,9 @@ def test_query_set_never_leaks_into_adaptation(name):
         np.testing.assert_array_equal(a, b)
     # ...while the support set does drive adaptation.
     moved = learner.adapt(params, task._replace(support_y=(task.support_y + 1) % 3), jax.random.key(2))
-    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(adapted), jax.tree_util.tree_leaves(moved)))
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(adapted), jax.tree_util.tree_leaves(moved))
+    )
 
 
 def test_anil_adapts_only_the_head():
@@ -260,8 +267,12 @@ def test_anil_adapts_only_the_head():
     params = learner.init(jax.random.key(1), task)
     adapted = learner.adapt(params, task, jax.random.key(2))
     for name in params["params"]:
-        same = all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(params["params"][name]),
-                                                        jax.tree_util.tree_leaves(adapted["params"][name])))
+        same = all(
+            np.array_equal(a, b)
+            for a, b in zip(
+                jax.tree_util.tree_leaves(params["params"][name]), jax.tree_util.tree_leaves(adapted["params"][name])
+            )
+        )
         assert same == (name != "head"), name
 
 
@@ -281,8 +292,9 @@ def test_reptile_direction_is_params_minus_adapted():
     params = learner.init(jax.random.key(1), task)
     grads, (loss, aux) = learner.meta_grad(params, task, jax.random.key(2))
     adapted = learner.adapt(params, task, jax.random.key(2))
-    for g, p, a in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(params),
-                       jax.tree_util.tree_leaves(adapted)):
+    for g, p, a in zip(
+        jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(adapted)
+    ):
         np.testing.assert_allclose(g, p - a, rtol=1e-6, atol=1e-7)
     assert 0.0 <= float(aux["accuracy"]) <= 1.0 and np.isfinite(float(loss))
 
@@ -343,13 +355,17 @@ def test_exported_losses_match_numpy_with_and_without_masks():
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     per_example = -logp[np.arange(6), labels]
     np.testing.assert_allclose(fj.xent_loss(jnp.asarray(logits), jnp.asarray(labels)), per_example.mean(), rtol=1e-5)
-    np.testing.assert_allclose(fj.xent_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask)),
-                               per_example[mask == 1].mean(), rtol=1e-5)
+    np.testing.assert_allclose(
+        fj.xent_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(mask)),
+        per_example[mask == 1].mean(),
+        rtol=1e-5,
+    )
     pred, target = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
     squared = ((pred - target) ** 2).mean(-1)
     np.testing.assert_allclose(fj.mse_loss(jnp.asarray(pred), jnp.asarray(target)), squared.mean(), rtol=1e-5)
-    np.testing.assert_allclose(fj.mse_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask)),
-                               squared[mask == 1].mean(), rtol=1e-5)
+    np.testing.assert_allclose(
+        fj.mse_loss(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(mask)), squared[mask == 1].mean(), rtol=1e-5
+    )
 
 
 def test_exported_losses_reject_mismatched_shapes_naming_them():

@@ -29,16 +29,24 @@ class NormNet(nn.Module):
 
 def _task(key):
     k1, k2 = jax.random.split(key)
-    return fj.Task(jax.random.normal(k1, (9, 4), jnp.float64), jnp.tile(jnp.arange(3), 3),
-                   jax.random.normal(k2, (12, 4), jnp.float64), jnp.tile(jnp.arange(3), 4))
+    return fj.Task(
+        jax.random.normal(k1, (9, 4), jnp.float64),
+        jnp.tile(jnp.arange(3), 3),
+        jax.random.normal(k2, (12, 4), jnp.float64),
+        jnp.tile(jnp.arange(3), 4),
+    )
 
 
 def _perturb(params, key, scale=0.3):
     """Different values in every per-step slot, so that using the wrong step's rate or norm would show."""
     leaves, tree = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(key, len(leaves))
-    return tree.unflatten([v + scale * jax.random.normal(k, v.shape, v.dtype) * (0.1 if v.ndim == 1 and v.shape[0] == STEPS else 1)
-                           for v, k in zip(leaves, keys)])
+    return tree.unflatten(
+        [
+            v + scale * jax.random.normal(k, v.shape, v.dtype) * (0.1 if v.ndim == 1 and v.shape[0] == STEPS else 1)
+            for v, k in zip(leaves, keys)
+        ]
+    )
 
 
 def _reference_loss(params, task, *, per_step_lr, per_step_norm, weights, first_order, inner_lr=0.2):
@@ -46,7 +54,7 @@ def _reference_loss(params, task, *, per_step_lr, per_step_norm, weights, first_
     model = NormNet()
     variables = params["model"] if per_step_lr else params
     flat = traverse_util.flatten_dict(variables["params"])
-    is_norm = lambda path: per_step_norm and path[0] == "norm"  # noqa: E731
+    is_norm = lambda path: per_step_norm and path[0] == "norm"
     norm_sets = {k: v for k, v in flat.items() if is_norm(k)}
     phi = {k: v for k, v in flat.items() if not is_norm(k)}
     lrs = traverse_util.flatten_dict(params["inner_lr"]) if per_step_lr else None
@@ -87,10 +95,15 @@ def test_maml_plus_plus_options_match_a_hand_unrolled_inner_loop(name):
             weights = [early, early, 1 - 2 * early]
         else:
             weights = [0.0, 0.0, 1.0]
-        reference = lambda p: _reference_loss(  # noqa: E731
-            p, task, per_step_lr=options.get("per_step_lr", False), per_step_norm=options.get("per_step_norm", False),
-            weights=weights, first_order=False)
-        ours = lambda p: fj.meta_loss(learner, p, task, jax.random.key(3), step)[0]  # noqa: E731
+        reference = lambda p: _reference_loss(
+            p,
+            task,
+            per_step_lr=options.get("per_step_lr", False),
+            per_step_norm=options.get("per_step_norm", False),
+            weights=weights,
+            first_order=False,
+        )
+        ours = lambda p: fj.meta_loss(learner, p, task, jax.random.key(3), step)[0]
         (value, grad), (ref_value, ref_grad) = (jax.jit(jax.value_and_grad(f))(params) for f in (ours, reference))
         np.testing.assert_allclose(float(value), float(ref_value), rtol=1e-12)
         np.testing.assert_allclose(ravel_pytree(grad)[0], ravel_pytree(ref_grad)[0], rtol=1e-9, atol=1e-12)
@@ -123,8 +136,11 @@ def test_derivative_order_annealing_is_first_order_then_second_order_in_one_comp
         annealed = fj.maml(NormNet(), "xent", 0.2, STEPS, first_order_steps=2)
         params = annealed.init(jax.random.key(1), task)
         key = jax.random.key(2)
-        grad_of = lambda learner, step=None: ravel_pytree(jax.jit(jax.grad(  # noqa: E731
-            lambda p: fj.meta_loss(learner, p, task, key, step)[0]))(params))[0]
+
+        def grad_of(learner, step=None):
+            grad = jax.jit(jax.grad(lambda p: fj.meta_loss(learner, p, task, key, step)[0]))(params)
+            return ravel_pytree(grad)[0]
+
         first = grad_of(fj.maml(NormNet(), "xent", 0.2, STEPS, first_order=True))
         second = grad_of(fj.maml(NormNet(), "xent", 0.2, STEPS))
         assert np.linalg.norm(first - second) > 1e-3 * np.linalg.norm(second)
@@ -140,8 +156,13 @@ def test_derivative_order_annealing_is_first_order_then_second_order_in_one_comp
             updates.append(ravel_pytree(state.params)[0] - ravel_pytree(new_state.params)[0])
             state = new_state
         assert meta_step._cache_size() == 1
-        fo_grad = ravel_pytree(jax.grad(lambda p: fj.meta_loss(
-            fj.maml(NormNet(), "xent", 0.2, STEPS, first_order=True), p, task, jax.random.split(key, 1)[0])[0])(params))[0]
+        fo_grad = ravel_pytree(
+            jax.grad(
+                lambda p: fj.meta_loss(
+                    fj.maml(NormNet(), "xent", 0.2, STEPS, first_order=True), p, task, jax.random.split(key, 1)[0]
+                )[0]
+            )(params)
+        )[0]
         np.testing.assert_allclose(updates[0], fo_grad, rtol=1e-9, atol=1e-12)
 
 
@@ -194,16 +215,19 @@ def test_nested_schedule_checkpoints_blocks_of_checkpointed_steps_and_uses_subli
     assert memory["sqrt", 64] < 0.5 * memory[False, 64], memory
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"remat": 0}, r"remat=0 \(a block size\) must be between 1 and inner_steps=4"),
-    ({"remat": 5}, r"remat=5 \(a block size\) must be between 1 and inner_steps=4"),
-    ({"remat": "cube"}, "remat must be False, True, 'step', 'sqrt' or a block size"),
-    ({"first_order": True, "first_order_steps": 10}, "first_order_steps=10 .* contradicts first_order=True"),
-    ({"first_order_steps": -1}, "first_order_steps must be a non-negative int"),
-    ({"multi_step_loss": 2.5}, "multi_step_loss must be a non-negative int"),
-    ({"inner_steps": 1, "multi_step_loss": 100}, "multi_step_loss=100 .* needs inner_steps >= 2"),
-    ({"per_step_lr": "yes"}, "per_step_lr must be a bool"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"remat": 0}, r"remat=0 \(a block size\) must be between 1 and inner_steps=4"),
+        ({"remat": 5}, r"remat=5 \(a block size\) must be between 1 and inner_steps=4"),
+        ({"remat": "cube"}, "remat must be False, True, 'step', 'sqrt' or a block size"),
+        ({"first_order": True, "first_order_steps": 10}, "first_order_steps=10 .* contradicts first_order=True"),
+        ({"first_order_steps": -1}, "first_order_steps must be a non-negative int"),
+        ({"multi_step_loss": 2.5}, "multi_step_loss must be a non-negative int"),
+        ({"inner_steps": 1, "multi_step_loss": 100}, "multi_step_loss=100 .* needs inner_steps >= 2"),
+        ({"per_step_lr": "yes"}, "per_step_lr must be a bool"),
+    ],
+)
 def test_bad_maml_options_name_the_argument(kwargs, match):
     args = {"inner_lr": 0.1, "inner_steps": 4, **kwargs}
     with pytest.raises((ValueError, TypeError), match=match):
@@ -226,12 +250,22 @@ class SmallNormNet(nn.Module):
 def test_maml_plus_plus_meta_trains_and_evaluates():
     """All four options and a nested remat schedule through meta_train (make_meta_step passes the step) and
     evaluate (the end of the schedule)."""
-    source = lambda key, n: fj.data.sinusoid_tasks(key, n, 5, 5)  # noqa: E731
-    learner = fj.maml(SmallNormNet(), "mse", 0.01, 4, remat="sqrt", per_step_lr=True, multi_step_loss=2,
-                      per_step_norm=True, first_order_steps=1)
+    source = lambda key, n: fj.data.sinusoid_tasks(key, n, 5, 5)
+    learner = fj.maml(
+        SmallNormNet(),
+        "mse",
+        0.01,
+        4,
+        remat="sqrt",
+        per_step_lr=True,
+        multi_step_loss=2,
+        per_step_norm=True,
+        first_order_steps=1,
+    )
     assert learner.name == "maml++" and learner.uses_step
-    state, history = fj.meta_train(learner, optax.adam(1e-3), source, steps=3, meta_batch=2,
-                                   key=jax.random.key(1), progress=False, log_every=1)
+    state, history = fj.meta_train(
+        learner, optax.adam(1e-3), source, steps=3, meta_batch=2, key=jax.random.key(1), progress=False, log_every=1
+    )
     assert int(state.step) == 3 and np.isfinite(history.series("loss")).all() and len(history.steps) == 3
     result = fj.evaluate(learner, state.params, source, episodes=4, key=jax.random.key(2))
     assert np.isfinite(result.mean)

@@ -13,7 +13,12 @@ from fsl_jax.learners.protonet import class_prototypes, protonet
 from fsl_jax.learners.relation import RelationEncoder, RelationModule, relation_mse_loss, relation_net, relation_pairs
 from fsl_jax.learners.siamese import contrastive_loss, siamese
 from fsl_jax.learners.vae import (
-    VAEDecoder, VAEEncoder, cvae_classifier, gaussian_kl, gaussian_log_density, product_of_gaussians,
+    VAEDecoder,
+    VAEEncoder,
+    cvae_classifier,
+    gaussian_kl,
+    gaussian_log_density,
+    product_of_gaussians,
 )
 from fsl_jax.models.resnet import ResNet12
 
@@ -64,8 +69,9 @@ LEARNERS = {
     "matching": lambda: matching_net(_mlp(), WAYS),
     "matching_fce": lambda: matching_net(_mlp(), WAYS, fce=True, fce_steps=1),
     "relation_mlp": lambda: relation_net(_mlp(), RelationModule(channels=8, hidden=8), WAYS),
-    "relation_conv": lambda: relation_net(RelationEncoder(hidden=4, blocks=1, pooled=1),
-                                          RelationModule(channels=4, hidden=4), WAYS),
+    "relation_conv": lambda: relation_net(
+        RelationEncoder(hidden=4, blocks=1, pooled=1), RelationModule(channels=4, hidden=4), WAYS
+    ),
     "siamese_pairs": lambda: siamese(_mlp(), WAYS, pairs=16, query_loss_weight=0.5),
     "cvae": lambda: cvae_classifier(VAEEncoder(4, hidden=(16,)), VAEDecoder(DIM, hidden=(16,)), 4, WAYS),
     "cvae_iwae": lambda: cvae_classifier(None, None, 4, WAYS, estimator="iwae", num_samples=2),
@@ -97,7 +103,7 @@ def test_protonet_logits_match_hand_computed_class_means():
         if distance == "sqeuclidean":
             expected = -((eq[:, None, :] - means[None]) ** 2).sum(-1) / temp
         else:
-            unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)  # noqa: E731
+            unit = lambda a: a / np.linalg.norm(a, axis=-1, keepdims=True)
             expected = unit(eq) @ unit(means).T / temp
         np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
 
@@ -172,8 +178,9 @@ def test_relation_pairs_and_scores_by_hand():
     assert float(scores.min()) >= 0 and float(scores.max()) <= 1
 
     onehot = np.eye(WAYS)[np.asarray(task.query_y)]
-    np.testing.assert_allclose(relation_mse_loss(scores, task.query_y), ((np.asarray(scores) - onehot) ** 2).mean(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        relation_mse_loss(scores, task.query_y), ((np.asarray(scores) - onehot) ** 2).mean(), rtol=1e-5
+    )
 
 
 def test_relation_encoder_keeps_feature_maps_and_the_conv_module_scores_them():
@@ -212,8 +219,11 @@ def test_siamese_nearest_neighbour_and_contrastive_loss_by_hand():
     hand = (d[pos] ** 2).mean() + (np.maximum(margin - d[neg], 0) ** 2).mean()
     extra = jax.jit(learner.extra_loss)(params, adapted, task, jax.random.key(0))
     np.testing.assert_allclose(extra, hand, rtol=1e-4)
-    np.testing.assert_allclose(contrastive_loss(jnp.array([4.0, 0.04, 9.0]), jnp.array([True, False, False]), 1.0),
-                               4.0 + (0.8 ** 2 + 0.0) / 2, rtol=1e-6)
+    np.testing.assert_allclose(
+        contrastive_loss(jnp.array([4.0, 0.04, 9.0]), jnp.array([True, False, False]), 1.0),
+        4.0 + (0.8**2 + 0.0) / 2,
+        rtol=1e-6,
+    )
 
     # Balanced sampled pairs estimate the same quantity (equal class sizes make it unbiased).
     sampled = siamese(encoder, WAYS, margin=margin, pairs=4000)
@@ -240,8 +250,10 @@ def test_siamese_query_loss_weight_scales_only_the_gradient():
             logp = jax.nn.log_softmax(query_logits(q))
             return -jnp.mean(jnp.take_along_axis(logp, task.query_y[:, None], axis=1))
 
-        meta = {w: jax.value_and_grad(lambda q: fj.meta_loss(learners[w], q, task, jax.random.key(3))[0])(p)
-                for w in (0.0, 0.5, 2.0)}
+        meta = {
+            w: jax.value_and_grad(lambda q: fj.meta_loss(learners[w], q, task, jax.random.key(3))[0])(p)
+            for w in (0.0, 0.5, 2.0)
+        }
         return query_logits(p), jax.grad(plain_query_xent)(p), meta
 
     logits, query_grad, meta = everything(params)
@@ -271,7 +283,7 @@ def test_gaussian_kl_and_product_of_gaussians_closed_form():
     rng = np.random.default_rng(0)
     m1, m2 = rng.normal(size=(2, 5))
     s1, s2 = np.exp(rng.normal(size=(2, 5)) * 0.5)
-    expected = np.sum(np.log(s2 / s1) + (s1 ** 2 + (m1 - m2) ** 2) / (2 * s2 ** 2) - 0.5)
+    expected = np.sum(np.log(s2 / s1) + (s1**2 + (m1 - m2) ** 2) / (2 * s2**2) - 0.5)
     ours = gaussian_kl(jnp.asarray(m1), jnp.asarray(2 * np.log(s1)), jnp.asarray(m2), jnp.asarray(2 * np.log(s2)))
     np.testing.assert_allclose(ours, expected, rtol=1e-5)
     same = gaussian_kl(jnp.asarray(m1), jnp.zeros(5), jnp.asarray(m1), jnp.zeros(5))
@@ -287,8 +299,9 @@ def test_gaussian_kl_and_product_of_gaussians_closed_form():
     members = labels == 0
     precision = 1 + np.sum(np.exp(-log_vars[members]), axis=0)
     np.testing.assert_allclose(np.exp(-np.asarray(lvc[0])), precision, rtol=1e-5)
-    np.testing.assert_allclose(mc[0], np.sum(means[members] * np.exp(-log_vars[members]), axis=0) / precision,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        mc[0], np.sum(means[members] * np.exp(-log_vars[members]), axis=0) / precision, rtol=1e-5
+    )
     zs = rng.normal(size=(6, 3))
     z = jnp.asarray(zs)
     factors = gaussian_log_density(z, 0.0, 0.0) + sum(
@@ -307,7 +320,7 @@ def test_cvae_logits_by_hand(estimator):
     adapted = jax.jit(learner.adapt)(params, task, jax.random.key(14))
     logits = np.asarray(jax.jit(learner.predict)(params, adapted, task.query_x), np.float64)
 
-    f64 = lambda t: np.asarray(t, np.float64)  # noqa: E731
+    f64 = lambda t: np.asarray(t, np.float64)
     ms, lvs = map(f64, _apply(enc, params["encoder"], task.support_x))
     mq, lvq = map(f64, _apply(enc, params["encoder"], task.query_x))
     ys = np.asarray(task.support_y)
@@ -322,10 +335,13 @@ def test_cvae_logits_by_hand(estimator):
     log_px = np.sum(x * out - np.logaddexp(0, out), axis=1)
     if estimator == "elbo":
         vq = np.exp(lvq)
-        kl = 0.5 * np.sum(np.log(var_c[None]) - lvq[:, None] + (vq[:, None] + (mq[:, None] - mean_c[None]) ** 2)
-                          / var_c[None] - 1, axis=-1)
+        kl = 0.5 * np.sum(
+            np.log(var_c[None]) - lvq[:, None] + (vq[:, None] + (mq[:, None] - mean_c[None]) ** 2) / var_c[None] - 1,
+            axis=-1,
+        )
         expected = log_px[:, None] - kl
     else:
+
         def log_n(z, m, v):
             return -0.5 * np.sum(np.log(2 * np.pi * v) + (z - m) ** 2 / v, axis=-1)
 
@@ -427,4 +443,3 @@ def test_non_module_encoder_is_a_type_error():
         protonet(lambda x: x, 5)
     with pytest.raises(TypeError, match="relation_module"):
         relation_net(_mlp(), "conv", 5)
-

@@ -25,6 +25,7 @@ def test_im2col_conv_hand_written_derivatives_equal_xla_conv_to_third_order(k):
     """im2col_conv's custom VJP (data gradient = conv with the flipped kernel, kernel gradient = one product, and that
     product's own VJP) against autodiff of lax.conv, float64: first order, MAML-style second order through an inner
     gradient step on both inputs, a third-order gradient, and under vmap over per-task kernels."""
+
     def ref(x, w):
         return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
@@ -40,6 +41,7 @@ def test_im2col_conv_hand_written_derivatives_equal_xla_conv_to_third_order(k):
             def outer(x, w):
                 gx, gw = first(conv)(x, w)
                 return jnp.sum(jnp.sin(conv(x + 0.1 * gx, w - 0.1 * gw)))
+
             return jax.grad(outer, argnums=(0, 1))
 
         def third(conv):
@@ -49,7 +51,7 @@ def test_im2col_conv_hand_written_derivatives_equal_xla_conv_to_third_order(k):
             for got, want in zip(order(im2col_conv)(x, w), order(ref)(x, w)):
                 np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * float(jnp.max(jnp.abs(want))))
         xs, ws = x.reshape(3, 1, 9, 7, 4), jnp.stack([w, 2 * w, -w])
-        per_task = lambda conv: jax.vmap(second(conv))(xs, ws)  # noqa: E731
+        per_task = lambda conv: jax.vmap(second(conv))(xs, ws)
         for got, want in zip(per_task(im2col_conv), per_task(ref)):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * float(jnp.max(jnp.abs(want))))
 
@@ -57,7 +59,9 @@ def test_im2col_conv_hand_written_derivatives_equal_xla_conv_to_third_order(k):
 def test_im2col_conv_rejects_a_kernel_that_does_not_fit_naming_its_shape():
     x = jnp.zeros((1, 5, 5, 4))
     for kernel_shape in [(3, 3, 2, 6), (2, 2, 4, 6), (3, 1, 4, 6)]:  # wrong in-channels, even size, not square
-        with pytest.raises(ValueError, match=r"odd square kernel \[k, k, 4, out\], got " + re.escape(str(kernel_shape))):
+        with pytest.raises(
+            ValueError, match=r"odd square kernel \[k, k, 4, out\], got " + re.escape(str(kernel_shape))
+        ):
             im2col_conv(x, jnp.zeros(kernel_shape))
 
 
@@ -125,7 +129,7 @@ def test_jitted_vmapped_gradient_equals_per_task_eager_gradients(learner_name):
     else:
         learner = fj.maml(fj.models.Conv4(num_classes=3, hidden=4, blocks=2, conv_impl="xla"), "xent", 0.1, 1)
     params = learner.init(jax.random.key(0), fj.task_at(tasks, 0))
-    loss = lambda p, t: fj.meta_loss(learner, p, t, jax.random.key(0))[0]  # noqa: E731
+    loss = lambda p, t: fj.meta_loss(learner, p, t, jax.random.key(0))[0]
     batched = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0)))(params, tasks)
     for i in (0, 3, 7):  # first, middle and last task (eager MAML re-traces its inner scan: ~5 s a task)
         eager = jax.grad(loss)(params, fj.task_at(tasks, i))

@@ -33,9 +33,16 @@ def _start(scenario, out, processes, *args):
     os.makedirs(out, exist_ok=True)
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes}")
-    return [subprocess.Popen([sys.executable, WORKER, scenario, str(out), str(processes), str(i), str(port),
-                              *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-            for i in range(processes)]
+    return [
+        subprocess.Popen(
+            [sys.executable, WORKER, scenario, str(out), str(processes), str(i), str(port), *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(processes)
+    ]
 
 
 def _finish(procs, timeout=400):
@@ -180,13 +187,23 @@ def test_cli_processes_runs_local_processes(tmp_path):
     with the same two-device batch split does."""
     args = ["train", "--data", "sinusoid", "--steps", "20", "--meta-batch", "4", "--no-eval"]
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    two = subprocess.run([sys.executable, "-m", "fsl_jax.cli", *args, "--processes", "2", "--out", str(tmp_path / "2")],
-                         capture_output=True, text=True, timeout=300, env=env)
+    two = subprocess.run(
+        [sys.executable, "-m", "fsl_jax.cli", *args, "--processes", "2", "--out", str(tmp_path / "2")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("run folder:") == 1  # process 0 reports, process 1 is quiet
     assert fj.latest_step(tmp_path / "2" / "checkpoints") == 20
-    one = subprocess.run([sys.executable, "-m", "fsl_jax.cli", *args, "--out", str(tmp_path / "1")],
-                         capture_output=True, text=True, timeout=300, env=env)
+    one = subprocess.run(
+        [sys.executable, "-m", "fsl_jax.cli", *args, "--out", str(tmp_path / "1")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     rows = [[json.loads(line) for line in open(tmp_path / k / "metrics.jsonl")] for k in ("1", "2")]
     losses = [[r["loss"] for r in run if "event" not in r] for run in rows]
@@ -222,6 +239,11 @@ print("OK")
 
 
 def test_initialize_checks_its_arguments_and_fails_fast_on_an_unreachable_coordinator():
-    result = subprocess.run([sys.executable, "-c", INITIALIZE, str(_free_port())], capture_output=True, text=True,
-                            timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    result = subprocess.run(
+        [sys.executable, "-c", INITIALIZE, str(_free_port())],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr[-3000:]

@@ -27,8 +27,14 @@ MODULE_NAMES = {"fsl_jax": {"data", "llm", "models", "parallel", "plots"}, "fsl_
 
 
 def run_python(code: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -80,8 +86,14 @@ print(json.dumps({{"problems": problems, "loaded": [m for m in heavy if m in sys
 """)
     assert result["problems"] == []
     # the lazy modules are loaded now: matplotlib by fj.plots, orbax by the checkpoint functions
-    for module in ["fsl_jax.plots", "fsl_jax.checkpoint", "fsl_jax.train", "fsl_jax.llm.finetune", "fsl_jax.data.pipeline",
-                   "fsl_jax.models.hub"]:
+    for module in [
+        "fsl_jax.plots",
+        "fsl_jax.checkpoint",
+        "fsl_jax.train",
+        "fsl_jax.llm.finetune",
+        "fsl_jax.data.pipeline",
+        "fsl_jax.models.hub",
+    ]:
         assert module in result["fsl"]
     assert {"matplotlib", "orbax"} <= set(result["loaded"])
     # transformers / sklearn / torch stay out: only the functions that need them import them
@@ -151,8 +163,11 @@ def test_dependencies_are_ranges_that_the_tested_pins_satisfy():
     assert unbounded == [], "each dependency needs a tested lower bound"
     unpinned = [f"{where}: {req.name}" for where, req in reqs if canonicalize_name(req.name) not in pinned]
     assert unpinned == [], "constraints.txt must pin every dependency pyproject names"
-    outside = [f"{where}: {req} vs =={pinned[canonicalize_name(req.name)]}" for where, req in reqs
-               if not req.specifier.contains(pinned[canonicalize_name(req.name)], prereleases=True)]
+    outside = [
+        f"{where}: {req} vs =={pinned[canonicalize_name(req.name)]}"
+        for where, req in reqs
+        if not req.specifier.contains(pinned[canonicalize_name(req.name)], prereleases=True)
+    ]
     assert outside == [], "a tested pin in constraints.txt falls outside its range in pyproject.toml"
 
 
@@ -161,8 +176,11 @@ def test_every_upper_bound_says_why():
     for where, req in requirements():
         if not any(s.operator in ("<", "<=", "~=", "!=") for s in req.specifier):
             continue
-        at = next(i for i, line in enumerate(lines)
-                  if re.search(rf'"{re.escape(req.name)}(\[[^]]*\])?\s*[<>=~!]', line) and re.search(r"<|~=|!=", line))
+        at = next(
+            i
+            for i, line in enumerate(lines)
+            if re.search(rf'"{re.escape(req.name)}(\[[^]]*\])?\s*[<>=~!]', line) and re.search(r"<|~=|!=", line)
+        )
         commented = "#" in lines[at] or lines[at - 1].strip().startswith("#")
         assert commented, f"{where}: {req} has an upper bound with no comment giving the break it avoids"
 
@@ -185,7 +203,8 @@ def module_imports(path: Path, package_root: Path) -> set[str]:
             for alias in node.names:  # `from fsl_jax import parallel` imports the module fsl_jax.parallel
                 sub = f"{node.module}.{alias.name}"
                 is_module = (package_root.parent / Path(*sub.split("."))).with_suffix(".py").exists() or (
-                    package_root.parent / Path(*sub.split(".")) / "__init__.py").exists()
+                    package_root.parent / Path(*sub.split(".")) / "__init__.py"
+                ).exists()
                 found.add(sub if is_module else node.module)
     found.discard(name)
     return found
@@ -206,7 +225,7 @@ def test_the_module_level_import_graph_has_no_cycle():
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(nxt) :] + [nxt]))
             if nxt in graph and not state.get(nxt):
                 visit(nxt)
         stack.pop()

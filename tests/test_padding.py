@@ -41,20 +41,37 @@ LEARNERS = {
     "meta_sgd": (lambda w: fj.meta_sgd(_mlp(w), "xent", inner_lr=0.5, inner_steps=1), True),
     "reptile": (lambda w: fj.reptile(_mlp(w), "xent", inner_lr=0.5, inner_steps=2), True),
     "protonet": (lambda w: fj.protonet(_mlp(6), w), False),
-    "protonet_cosine": (lambda w: fj.protonet(_mlp(6), w, distance="cosine", temperature=0.3,
-                                              learn_temperature=True), False),
+    "protonet_cosine": (
+        lambda w: fj.protonet(_mlp(6), w, distance="cosine", temperature=0.3, learn_temperature=True),
+        False,
+    ),
     "matching": (lambda w: fj.matching_net(_mlp(6), w, temperature=0.5), False),
     "matching_fce": (lambda w: fj.matching_net(_mlp(6), w, fce=True, fce_steps=1), False),
     "relation_sum": (lambda w: fj.relation_net(_mlp(6), RelationModule(channels=8, hidden=4, dtype=F64), w), False),
-    "relation_mean": (lambda w: fj.relation_net(_mlp(6), RelationModule(channels=8, hidden=4, dtype=F64), w,
-                                                aggregate="mean"), False),
+    "relation_mean": (
+        lambda w: fj.relation_net(_mlp(6), RelationModule(channels=8, hidden=4, dtype=F64), w, aggregate="mean"),
+        False,
+    ),
     "siamese": (lambda w: fj.siamese(_mlp(6), w, margin=1.5, query_loss_weight=0.5), False),
     "siamese_pairs": (lambda w: fj.siamese(_mlp(6), w, margin=1.5, pairs=16, query_loss_weight=1.0), False),
-    "cvae": (lambda w: fj.cvae_classifier(VAEEncoder(3, hidden=(8,), dtype=F64),
-                                          VAEDecoder(DIM, hidden=(8,), dtype=F64), 3, w), False),
-    "cvae_iwae": (lambda w: fj.cvae_classifier(VAEEncoder(3, hidden=(8,), dtype=F64),
-                                               VAEDecoder(DIM, hidden=(8,), dtype=F64), 3, w, estimator="iwae",
-                                               num_samples=2, likelihood="gaussian"), False),
+    "cvae": (
+        lambda w: fj.cvae_classifier(
+            VAEEncoder(3, hidden=(8,), dtype=F64), VAEDecoder(DIM, hidden=(8,), dtype=F64), 3, w
+        ),
+        False,
+    ),
+    "cvae_iwae": (
+        lambda w: fj.cvae_classifier(
+            VAEEncoder(3, hidden=(8,), dtype=F64),
+            VAEDecoder(DIM, hidden=(8,), dtype=F64),
+            3,
+            w,
+            estimator="iwae",
+            num_samples=2,
+            likelihood="gaussian",
+        ),
+        False,
+    ),
 }
 
 
@@ -91,8 +108,12 @@ def _shuffled_with_garbage(padded, seed):
 def _real_rows(task):
     """The unpadded task: the real rows of ``task`` in their order, no masks."""
     s, q = np.asarray(task.support_mask) > 0, np.asarray(task.query_mask) > 0
-    return fj.Task(np.asarray(task.support_x)[s], np.asarray(task.support_y)[s], np.asarray(task.query_x)[q],
-                   np.asarray(task.query_y)[q])
+    return fj.Task(
+        np.asarray(task.support_x)[s],
+        np.asarray(task.support_y)[s],
+        np.asarray(task.query_x)[q],
+        np.asarray(task.query_y)[q],
+    )
 
 
 def _is_head(path):
@@ -105,8 +126,9 @@ def _slice_head(tree, n):
 
 
 def _f64(tree):
-    return jax.tree_util.tree_map(lambda x: jnp.asarray(x, F64) if jnp.issubdtype(x.dtype, jnp.floating)
-                                  else jnp.asarray(x), tree)
+    return jax.tree_util.tree_map(
+        lambda x: jnp.asarray(x, F64) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.asarray(x), tree
+    )
 
 
 def _loss_and_grads(learner):
@@ -162,8 +184,10 @@ def test_evaluate_scores_padded_episodes_like_unpadded_ones():
     batch = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *padded)
     params = _f64(learner.init(jax.random.key(0), jax.tree_util.tree_map(jnp.asarray, padded[0])))
     result = fj.evaluate(learner, params, _f64(batch), episodes=4, batch_size=2)
-    expected = [fj.meta_loss(small, params, _f64(jax.tree_util.tree_map(jnp.asarray, e)), jax.random.key(0))[1]
-                for e in episodes]
+    expected = [
+        fj.meta_loss(small, params, _f64(jax.tree_util.tree_map(jnp.asarray, e)), jax.random.key(0))[1]
+        for e in episodes
+    ]
     np.testing.assert_allclose(result.values, [float(a["accuracy"]) for a in expected], **TOL)
     np.testing.assert_allclose(result.loss, np.mean([float(a["query_loss"]) for a in expected]), **TOL)
 
@@ -180,12 +204,16 @@ def test_masked_classes_get_exactly_zero_probability_and_gradient(dtype):
     masked = mask_classes(logits, way_mask)
     assert masked.dtype == dtype and bool(jnp.all(jnp.isfinite(masked)))
     np.testing.assert_array_equal(jax.nn.softmax(masked)[:, N:], 0.0)
-    np.testing.assert_allclose(fj.xent_loss(logits, labels, way_mask=way_mask), fj.xent_loss(logits[:, :N], labels),
-                               rtol=1e-6 if dtype == jnp.float32 else 1e-12)
+    np.testing.assert_allclose(
+        fj.xent_loss(logits, labels, way_mask=way_mask),
+        fj.xent_loss(logits[:, :N], labels),
+        rtol=1e-6 if dtype == jnp.float32 else 1e-12,
+    )
     grad = jax.grad(lambda z: fj.xent_loss(z, labels, way_mask=way_mask))(logits)
     np.testing.assert_array_equal(grad[:, N:], 0.0)
     assert float(fj.learners.accuracy(logits.at[:, N:].set(1e6), labels, way_mask=way_mask)) == float(
-        fj.learners.accuracy(logits[:, :N], labels))
+        fj.learners.accuracy(logits[:, :N], labels)
+    )
 
 
 def test_relation_mse_loss_averages_over_real_classes_only():
@@ -194,8 +222,11 @@ def test_relation_mse_loss_averages_over_real_classes_only():
     way_mask = np.array([1, 1, 1, 0, 0])
     expected = ((scores[:, :N] - np.eye(N)[labels]) ** 2).mean(1)[mask > 0].mean()
     loss = fj.learners.relation_mse_loss
-    np.testing.assert_allclose(loss(jnp.asarray(scores), jnp.asarray(labels), jnp.asarray(mask),
-                                    way_mask=jnp.asarray(way_mask)), expected, rtol=1e-12)
+    np.testing.assert_allclose(
+        loss(jnp.asarray(scores), jnp.asarray(labels), jnp.asarray(mask), way_mask=jnp.asarray(way_mask)),
+        expected,
+        rtol=1e-12,
+    )
     g = jax.grad(lambda s: loss(s, jnp.asarray(labels), way_mask=jnp.asarray(way_mask)))(jnp.asarray(scores))
     np.testing.assert_array_equal(g[:, N:], 0.0)
     with pytest.raises(ValueError, match="way_mask"):
@@ -223,10 +254,12 @@ def test_way_mask_errors_for_regression_and_callables_and_custom_losses_still_wo
         return fj.xent_loss(logits, labels, mask)
 
     prototypes = fj.learners.class_prototypes
-    centroid = fj.Learner(init=lambda key, task: {"s": jnp.ones(())},
-                          adapt=lambda p, task, key: prototypes(task.support_x * p["s"], task.support_y, N),
-                          predict=lambda p, protos, x: -((x[:, None] * p["s"] - protos[None]) ** 2).sum(-1),
-                          loss=loss3)
+    centroid = fj.Learner(
+        init=lambda key, task: {"s": jnp.ones(())},
+        adapt=lambda p, task, key: prototypes(task.support_x * p["s"], task.support_y, N),
+        predict=lambda p, protos, x: -((x[:, None] * p["s"] - protos[None]) ** 2).sum(-1),
+        loss=loss3,
+    )
     loss, aux = fj.meta_loss(centroid, {"s": jnp.ones(())}, episode, jax.random.key(0))
     assert np.isfinite(float(loss)) and 0.0 <= float(aux["accuracy"]) <= 1.0
 
@@ -250,7 +283,8 @@ def test_pad_task_shapes_masks_and_array_kinds():
 
     # jax in, jax out; existing masks are combined; an existing way_mask gives the number of classes.
     jtask = jax.tree_util.tree_map(jnp.asarray, episode)._replace(
-        support_mask=jnp.ones(s).at[0].set(0.0), way_mask=jnp.array([1.0, 1.0, 1.0, 0.0]))
+        support_mask=jnp.ones(s).at[0].set(0.0), way_mask=jnp.array([1.0, 1.0, 1.0, 0.0])
+    )
     again = fj.data.pad_task(jtask, support=s + 1, query=q, ways=6)
     assert isinstance(again.support_x, jax.Array)
     assert again.support_mask.tolist() == [0.0] + [1.0] * (s - 1) + [0.0]

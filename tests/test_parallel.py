@@ -196,7 +196,8 @@ def test_model_axis_shards_parameters_and_gives_the_single_device_step():
     """MAML over a small BERT classifier and over Conv-4 on 8 devices as 4 x 2 and 2 x 4 ("tasks" x "model")
     equals one device to 1e-5, and the compiled per-device argument bytes shrink as the model axis grows."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", MODEL_AXIS_SCRIPT], capture_output=True, text=True, env=env,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", MODEL_AXIS_SCRIPT], capture_output=True, text=True, env=env, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "RESULTS" in result.stdout

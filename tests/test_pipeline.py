@@ -85,8 +85,9 @@ def test_meta_dataset_rules_hold_on_many_episodes():
     # below the cap the size is uniform between ways and the bound (less what the per-class limits clip)
     fractions = []
     for e in range(2000):
-        classes, support, queries = sample_sizes(np.random.default_rng([4, e]), np.full(40, 22),
-                                                 EpisodeSpec.create((5, 20)))
+        classes, support, queries = sample_sizes(
+            np.random.default_rng([4, e]), np.full(40, 22), EpisodeSpec.create((5, 20))
+        )
         bound = int(np.minimum(100, 22 - queries) * len(classes))
         fractions.append((support.sum() - len(classes)) / (bound - len(classes)))
     assert 0.35 < np.mean(fractions) < 0.55 and np.percentile(fractions, 5) < 0.05 < 0.75 < np.max(fractions)
@@ -130,8 +131,9 @@ def test_padded_episodes_are_consistent_and_static():
 def test_several_sources_mix_by_weight_and_each_episode_has_one_source():
     a = np.zeros((10, 8, 3), np.float32)
     b = np.ones((7, 8, 3), np.float32)
-    loader = fj.data.EpisodeLoader([fj.data.ArraySource(a), fj.data.ArraySource(b)], ways=(3, 5), shots=1, queries=2,
-                                   weights=[0.8, 0.2], seed=0)
+    loader = fj.data.EpisodeLoader(
+        [fj.data.ArraySource(a), fj.data.ArraySource(b)], ways=(3, 5), shots=1, queries=2, weights=[0.8, 0.2], seed=0
+    )
     batch = loader.sample(400)
     from_b = []
     for k in range(400):
@@ -141,11 +143,13 @@ def test_several_sources_mix_by_weight_and_each_episode_has_one_source():
     assert abs(np.mean(from_b) - 0.2) < 0.06
     assert loader.shapes[0] == 5
     with pytest.raises(ValueError, match=r"one feature shape.*\(3,\).*\(4,\)"):
-        fj.data.EpisodeLoader([fj.data.ArraySource(a), fj.data.ArraySource(np.ones((7, 8, 4), np.float32))], ways=3,
-                              shots=1, queries=1)
+        fj.data.EpisodeLoader(
+            [fj.data.ArraySource(a), fj.data.ArraySource(np.ones((7, 8, 4), np.float32))], ways=3, shots=1, queries=1
+        )
     with pytest.raises(ValueError, match="weights must be 2 non-negative"):
-        fj.data.EpisodeLoader([fj.data.ArraySource(a), fj.data.ArraySource(b)], ways=3, shots=1, queries=1,
-                              weights=[1.0, -1.0])
+        fj.data.EpisodeLoader(
+            [fj.data.ArraySource(a), fj.data.ArraySource(b)], ways=3, shots=1, queries=1, weights=[1.0, -1.0]
+        )
     # a list of arrays is one source's classes (images per class here), as for HostSampler
     per_class = [np.zeros((n, 4, 4, 1), np.uint8) for n in (5, 6, 7, 8)]
     one = fj.data.EpisodeLoader(per_class, ways=3, shots=1, queries=2)
@@ -190,8 +194,9 @@ class FailingSource(fj.data.ArraySource):
 
 @pytest.mark.parametrize("how", ["raise", "kill"])
 def test_a_worker_failure_surfaces_in_the_main_process(how):
-    loader = fj.data.EpisodeLoader(FailingSource(np.zeros((6, 4, 2), np.float32), how), ways=2, shots=1, queries=1,
-                                   workers=1)
+    loader = fj.data.EpisodeLoader(
+        FailingSource(np.zeros((6, 4, 2), np.float32), how), ways=2, shots=1, queries=1, workers=1
+    )
     t0 = time.time()
     expected = (OSError, "00003.png: image file is truncated") if how == "raise" else (RuntimeError, "terminated")
     with pytest.raises(expected[0], match=expected[1]):
@@ -208,9 +213,18 @@ def test_meta_train_from_a_loader_with_workers_equals_without(tmp_path):
     finals = []
     for workers in (0, 1):
         loader = fj.data.EpisodeLoader(data, ways=(2, 4), queries=2, seed=2, workers=workers)
-        state, history = fj.meta_train(learner, optax.adam(1e-2), loader, steps=12, meta_batch=4,
-                                       key=jax.random.key(0), log_every=4, checkpoint_dir=tmp_path / str(workers),
-                                       checkpoint_every=6, progress=False)
+        state, history = fj.meta_train(
+            learner,
+            optax.adam(1e-2),
+            loader,
+            steps=12,
+            meta_batch=4,
+            key=jax.random.key(0),
+            log_every=4,
+            checkpoint_dir=tmp_path / str(workers),
+            checkpoint_every=6,
+            progress=False,
+        )
         finals.append(jax.tree_util.tree_leaves(state.params))
         assert np.all(np.isfinite(history.series("loss")))
         assert fj.read_loader_state(tmp_path / str(workers), 6) == {"next_index": 6, "seed": 2}
@@ -222,8 +236,16 @@ def test_meta_train_from_a_loader_with_workers_equals_without(tmp_path):
     # the loader is part of the run's configuration: another seed is another run
     other = fj.data.EpisodeLoader(data, ways=(2, 4), queries=2, seed=3)
     with pytest.raises(ValueError, match="seed"):
-        fj.meta_train(learner, optax.adam(1e-2), other, steps=14, meta_batch=4, key=jax.random.key(0),
-                      checkpoint_dir=tmp_path / "0", progress=False)
+        fj.meta_train(
+            learner,
+            optax.adam(1e-2),
+            other,
+            steps=14,
+            meta_batch=4,
+            key=jax.random.key(0),
+            checkpoint_dir=tmp_path / "0",
+            progress=False,
+        )
 
 
 def test_a_classifier_narrower_than_the_padded_ways_is_an_error():
@@ -231,8 +253,7 @@ def test_a_classifier_narrower_than_the_padded_ways_is_an_error():
     loader = fj.data.EpisodeLoader(data, ways=(2, 4), queries=2, seed=2)
     learner = fj.maml(fj.models.MLP(hidden=(8,), out=3), "xent", inner_lr=0.1, inner_steps=1)
     with pytest.raises(ValueError, match="4 classes.*outputs 3 logits"):
-        fj.meta_train(learner, optax.adam(1e-2), loader, steps=2, meta_batch=2, key=jax.random.key(0),
-                      progress=False)
+        fj.meta_train(learner, optax.adam(1e-2), loader, steps=2, meta_batch=2, key=jax.random.key(0), progress=False)
 
 
 def test_meta_dataset_spec_needs_two_images_per_class():

@@ -22,8 +22,31 @@ from fsl_jax.llm.lm_finetune import LMFinetuneClassifier, trainable_labels
 from fsl_jax.llm.prompt_cli import add_prompt_parser, run_prompt
 from fsl_jax.llm.prompting import PromptClassifier, Template, Verbalizer, generate_text
 
-WORDS = ["<|endoftext|>", "[UNK]", "Review", ":", "Sentiment", "good", "bad", "very", "great", "awful", "film",
-         "plot", "acting", "the", "was", "not", "N", "/", "A", "It", "is", "about", "."]
+WORDS = [
+    "<|endoftext|>",
+    "[UNK]",
+    "Review",
+    ":",
+    "Sentiment",
+    "good",
+    "bad",
+    "very",
+    "great",
+    "awful",
+    "film",
+    "plot",
+    "acting",
+    "the",
+    "was",
+    "not",
+    "N",
+    "/",
+    "A",
+    "It",
+    "is",
+    "about",
+    ".",
+]
 WORDS += [f"p{i}" for i in range(6)] + [f"n{i}" for i in range(6)] + [f"f{i}" for i in range(8)] + ["yes", "no"]
 TEMPLATE = "Review: {text}\nSentiment: {label}"
 
@@ -31,8 +54,7 @@ TEMPLATE = "Review: {text}\nSentiment: {label}"
 def make_tokenizer():
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>",
-                                                unk_token="[UNK]")
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", unk_token="[UNK]")
 
 
 @pytest.fixture(scope="module")
@@ -114,16 +136,19 @@ def test_scores_equal_plain_forward_pass(lm, reduce):
     verbalizer = {"pos": ["very good", "great"], "neg": ["bad"]}
     queries = ["good film", "the acting was not good", "awful"]
     for k in (0, 2):
-        clf = PromptClassifier(module, params, tok, TEMPLATE, verbalizer, demonstrations=k, reduce=reduce,
-                               length_multiple=8).fit(SUPPORT, SUPPORT_Y)
+        clf = PromptClassifier(
+            module, params, tok, TEMPLATE, verbalizer, demonstrations=k, reduce=reduce, length_multiple=8
+        ).fit(SUPPORT, SUPPORT_Y)
         scores = clf.score_labels(queries)
         prompts = clf.prompts(queries)
         for i in range(len(queries)):
             prompt = prompts[i][0]
             if k:
                 assert prompt.count("Sentiment:") == k + 1
-            pos = np.logaddexp(plain_score(module, params, tok, prompt, " very good", reduce),
-                               plain_score(module, params, tok, prompt, " great", reduce))
+            pos = np.logaddexp(
+                plain_score(module, params, tok, prompt, " very good", reduce),
+                plain_score(module, params, tok, prompt, " great", reduce),
+            )
             neg = plain_score(module, params, tok, prompt, " bad", reduce)
             np.testing.assert_allclose(scores[i], [pos, neg], rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(clf.predict_proba(queries).sum(1), 1.0, rtol=1e-5)
@@ -138,8 +163,9 @@ def test_orders_average_and_calibration_formula(lm):
     b = jax.random.normal(jax.random.key(3), (32,))
     p["params"]["ln_f"]["bias"] = 3.0 * b / jnp.linalg.norm(b)  # h = 0.1 * LN(x) + b: a near-constant bias
     p["params"]["ln_f"]["scale"] = 0.1 * p["params"]["ln_f"]["scale"]
-    p["params"]["wte"]["embedding"] = p["params"]["wte"]["embedding"].at[WORDS.index("good")].set(
-        4.0 * b / jnp.linalg.norm(b))
+    p["params"]["wte"]["embedding"] = (
+        p["params"]["wte"]["embedding"].at[WORDS.index("good")].set(4.0 * b / jnp.linalg.norm(b))
+    )
     kwargs = dict(demonstrations=2, orders=3, seed=1)
     raw = PromptClassifier(module, p, tok, TEMPLATE, verbalizer, **kwargs).fit(SUPPORT, SUPPORT_Y)
     cal = PromptClassifier(module, p, tok, TEMPLATE, verbalizer, calibrate=True, **kwargs).fit(SUPPORT, SUPPORT_Y)
@@ -148,8 +174,12 @@ def test_orders_average_and_calibration_formula(lm):
     cf_prompts = raw.prompts(["N/A"])[0]
     assert len(prompts[0]) == 3 and len(set(prompts[0])) > 1  # three different orders of the same demonstrations
     words = [" good", " bad", " plot"]
-    per_order = np.array([[[plain_score(module, p, tok, prompts[i][o], w) for w in words] for o in range(3)]
-                          for i in range(len(queries))])
+    per_order = np.array(
+        [
+            [[plain_score(module, p, tok, prompts[i][o], w) for w in words] for o in range(3)]
+            for i in range(len(queries))
+        ]
+    )
     cf = np.array([[plain_score(module, p, tok, cf_prompts[o], w) for w in words] for o in range(3)])
     np.testing.assert_allclose(raw.score_labels(queries), per_order.mean(1), rtol=1e-4, atol=1e-4)
     # Zhao et al.: p_cal = normalise(p / p_cf) per order, then the mean log-score over orders.
@@ -168,14 +198,16 @@ def test_orders_average_and_calibration_formula(lm):
 
 def test_scoring_compiles_once_for_a_fixed_shape(lm):
     module, params, tok, _ = lm
-    clf = PromptClassifier(module, params, tok, TEMPLATE, {"pos": "good", "neg": "bad"}, demonstrations=2,
-                           batch_size=4).fit(SUPPORT, SUPPORT_Y)
+    clf = PromptClassifier(
+        module, params, tok, TEMPLATE, {"pos": "good", "neg": "bad"}, demonstrations=2, batch_size=4
+    ).fit(SUPPORT, SUPPORT_Y)
     clf.predict(["good film", "bad"])
     traces, size = prompting.TRACE_COUNTS["score"], prompting._score._cache_size()
     clf.predict(["the plot was awful", "great acting", "bad film", "good", "the film"])  # 2 batches of 4
     clf.predict(["awful plot"])
-    other = PromptClassifier(module, params, tok, TEMPLATE, {"pos": "great", "neg": "awful"}, demonstrations=2,
-                             batch_size=4).fit(SUPPORT, SUPPORT_Y)  # another label set of the same shape
+    other = PromptClassifier(
+        module, params, tok, TEMPLATE, {"pos": "great", "neg": "awful"}, demonstrations=2, batch_size=4
+    ).fit(SUPPORT, SUPPORT_Y)  # another label set of the same shape
     other.predict(["good film", "acting"])
     assert prompting.TRACE_COUNTS["score"] == traces
     assert prompting._score._cache_size() == size
@@ -193,8 +225,9 @@ def test_selection_strategies(lm):
     def embed(texts):  # bag of words
         return np.array([[t.split().count(w) for w in vocab] for t in texts], np.float32) + 1e-3
 
-    nearest = PromptClassifier(module, params, tok, TEMPLATE, verbalizer, demonstrations=2, selection="nearest",
-                               embed_fn=embed).fit(SUPPORT, SUPPORT_Y)
+    nearest = PromptClassifier(
+        module, params, tok, TEMPLATE, verbalizer, demonstrations=2, selection="nearest", embed_fn=embed
+    ).fit(SUPPORT, SUPPORT_Y)
     prompt = nearest.prompts(["the acting was good"])[0][0]
     demos = prompt.split("\n\n")
     assert demos[-2].startswith("Review: the acting was bad") or demos[-2].startswith("Review: the plot was good")
@@ -202,8 +235,18 @@ def test_selection_strategies(lm):
     nearest.predict(["the acting was good", "film"])
 
 
-LOO_TEXTS = ["good film", "bad plot", "great acting", "awful film", "the plot was good", "the acting was bad",
-             "very good plot", "not good", "the film was awful", "great"]
+LOO_TEXTS = [
+    "good film",
+    "bad plot",
+    "great acting",
+    "awful film",
+    "the plot was good",
+    "the acting was bad",
+    "very good plot",
+    "not good",
+    "the film was awful",
+    "great",
+]
 LOO_Y = ["pos", "neg", "pos", "neg", "pos", "neg", "pos", "neg", "neg", "pos"]
 LOO_EMBEDDINGS = dict(zip(LOO_TEXTS, np.random.default_rng(9).normal(size=(len(LOO_TEXTS), 8))))
 
@@ -228,8 +271,10 @@ def _loo_accuracy_by_hand(module, params, tok, pattern, verbalizer, k):
         others = [j for j in np.argsort(-sims[i]) if j != i][:k][::-1]
         demos = [_by_hand(pattern, LOO_TEXTS[j], words[LOO_Y[j]][0]) for j in others]
         prompt = "\n\n".join(demos + [_by_hand(pattern, text, None)])
-        scores = [np.logaddexp.reduce([plain_score(module, params, tok, prompt, " " + w) for w in words[label]])
-                  for label in verbalizer]
+        scores = [
+            np.logaddexp.reduce([plain_score(module, params, tok, prompt, " " + w) for w in words[label]])
+            for label in verbalizer
+        ]
         correct.append(list(verbalizer)[int(np.argmax(scores))] == LOO_Y[i])
         margins.append(abs(scores[0] - scores[1]))
     return float(np.mean(correct)), min(margins)
@@ -242,9 +287,17 @@ def test_prompt_search_leave_one_out_accuracies_match_a_hand_computation(lm, k):
     module, params, tok, _ = lm
     templates = [TEMPLATE, "{text} It is {label} ."]
     verbalizers = [{"pos": "good", "neg": "bad"}, {"pos": "great", "neg": "awful"}]  # one shape: one compilation
-    embed = lambda texts: np.stack([LOO_EMBEDDINGS[t] for t in texts]).astype(np.float32)  # noqa: E731
-    clf = PromptClassifier(module, params, tok, TEMPLATE, {"pos": "good", "neg": "bad"}, demonstrations=k,
-                           selection="nearest", embed_fn=embed)
+    embed = lambda texts: np.stack([LOO_EMBEDDINGS[t] for t in texts]).astype(np.float32)
+    clf = PromptClassifier(
+        module,
+        params,
+        tok,
+        TEMPLATE,
+        {"pos": "good", "neg": "bad"},
+        demonstrations=k,
+        selection="nearest",
+        embed_fn=embed,
+    )
     result = clf.search_prompts(templates, verbalizers, LOO_TEXTS, LOO_Y)
     expected = []
     for pattern in templates:
@@ -254,11 +307,14 @@ def test_prompt_search_leave_one_out_accuracies_match_a_hand_computation(lm, k):
             expected.append(accuracy)
     assert [a for _, _, a in result.table] == pytest.approx(expected, abs=1e-9)
     assert [(t.pattern, v.words) for t, v, _ in result.table] == [
-        (t, Verbalizer(v).words) for t in templates for v in verbalizers]
+        (t, Verbalizer(v).words) for t in templates for v in verbalizers
+    ]
     best = int(np.argmax(expected))
     assert result.accuracy == pytest.approx(expected[best], abs=1e-9)
-    assert (result.template.pattern, result.verbalizer.words) == (templates[best // 2],
-                                                                  Verbalizer(verbalizers[best % 2]).words)
+    assert (result.template.pattern, result.verbalizer.words) == (
+        templates[best // 2],
+        Verbalizer(verbalizers[best % 2]).words,
+    )
     assert clf.template == result.template and clf.verbalizer == result.verbalizer
     assert clf.pool_texts_ == LOO_TEXTS
 
@@ -266,9 +322,12 @@ def test_prompt_search_leave_one_out_accuracies_match_a_hand_computation(lm, k):
 def test_prompt_search_picks_best_leave_one_out(lm):
     module, params, tok, _ = lm
     clf = PromptClassifier(module, params, tok, TEMPLATE, {"pos": "good", "neg": "bad"}, demonstrations=2)
-    result = clf.search_prompts([TEMPLATE, "{text} It is {label} ."],
-                                [{"pos": "good", "neg": "bad"}, {"pos": "great", "neg": "awful"}],
-                                SUPPORT, SUPPORT_Y)
+    result = clf.search_prompts(
+        [TEMPLATE, "{text} It is {label} ."],
+        [{"pos": "good", "neg": "bad"}, {"pos": "great", "neg": "awful"}],
+        SUPPORT,
+        SUPPORT_Y,
+    )
     assert len(result.table) == 4
     assert result.accuracy == max(a for _, _, a in result.table)
     assert clf.template == result.template and clf.verbalizer == result.verbalizer
@@ -282,8 +341,12 @@ def _calibrated_scores_by_hand(module, params, tok, clf, verbalizer, texts):
     words = {label: [w] if isinstance(w, str) else list(w) for label, w in verbalizer.items()}
 
     def label_scores(prompt):
-        return np.array([np.logaddexp.reduce([plain_score(module, params, tok, prompt, " " + w) for w in words[y]])
-                         for y in verbalizer])
+        return np.array(
+            [
+                np.logaddexp.reduce([plain_score(module, params, tok, prompt, " " + w) for w in words[y]])
+                for y in verbalizer
+            ]
+        )
 
     cf = [label_scores(p) for p in clf.prompts([clf.content_free])[0]]
     out = []
@@ -298,8 +361,17 @@ def test_local_folder_zero_and_few_shot_end_to_end(lm):
     loaded, loaded_params, loaded_tok, _ = lm  # what fj.models.from_pretrained(folder) returned
     verbalizer = {"pos": ["good", "great"], "neg": "bad"}
     for k in (0, 4):
-        clf = PromptClassifier(loaded, loaded_params, loaded_tok, TEMPLATE, verbalizer,
-                               demonstrations=k, selection="balanced", calibrate=True, orders=2)
+        clf = PromptClassifier(
+            loaded,
+            loaded_params,
+            loaded_tok,
+            TEMPLATE,
+            verbalizer,
+            demonstrations=k,
+            selection="balanced",
+            calibrate=True,
+            orders=2,
+        )
         clf.fit(SUPPORT, SUPPORT_Y)
         queries = ["good film", "awful plot", "the acting"]
         predictions = clf.predict(queries)
@@ -313,7 +385,7 @@ def test_local_folder_zero_and_few_shot_end_to_end(lm):
     text = generate_text(loaded, loaded_params, loaded_tok, ["Review: good film", "Sentiment:"], 4)
     ids = loaded_tok(["Review: good film"], add_special_tokens=False, return_tensors="np")["input_ids"]
     greedy = fj.models.generate(loaded, loaded_params, ids, max_new_tokens=4, eos_token_id=loaded_tok.eos_token_id)
-    new = [t for t in np.asarray(greedy)[0, ids.shape[1]:]]
+    new = [t for t in np.asarray(greedy)[0, ids.shape[1] :]]
     cut = new.index(loaded_tok.eos_token_id) if loaded_tok.eos_token_id in new else len(new)
     assert text[0] == loaded_tok.decode(new[:cut])
     first = text[0].split()[0] if text[0].split() else None
@@ -328,21 +400,51 @@ def test_prompt_cli_on_a_csv(lm, tmp_path, capsys):
     (tmp_path / "reviews.csv").write_text("\n".join(rows) + "\n")
     parser = argparse.ArgumentParser()
     add_prompt_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["prompt", "--model", str(folder), "--data", str(tmp_path / "reviews.csv"),
-                              "--template", "Review: {text}\\nSentiment: {label}",
-                              "--label-words", "pos=good,great;neg=bad", "--shots", "1", "--draws", "2",
-                              "--test-per-class", "2", "--calibrate", "--no-progress", "--out", str(tmp_path)])
+    args = parser.parse_args(
+        [
+            "prompt",
+            "--model",
+            str(folder),
+            "--data",
+            str(tmp_path / "reviews.csv"),
+            "--template",
+            "Review: {text}\\nSentiment: {label}",
+            "--label-words",
+            "pos=good,great;neg=bad",
+            "--shots",
+            "1",
+            "--draws",
+            "2",
+            "--test-per-class",
+            "2",
+            "--calibrate",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert run_prompt(args) == 0
     out = capsys.readouterr().out
     assert "accuracy over 2 draws" in out and "precision" in out
     assert (tmp_path / "results.json").is_file()
-    bad = parser.parse_args(["prompt", "--model", str(folder), "--data", str(tmp_path / "reviews.csv"),
-                             "--label-words", "pos=good", "--no-progress"])
+    bad = parser.parse_args(
+        [
+            "prompt",
+            "--model",
+            str(folder),
+            "--data",
+            str(tmp_path / "reviews.csv"),
+            "--label-words",
+            "pos=good",
+            "--no-progress",
+        ]
+    )
     with pytest.raises(ValueError, match="'neg'"):
         run_prompt(bad)
 
 
 # ------------------------------------------------------------------------------------------------ fine-tuning
+
 
 def synthetic(n, seed):
     """Class "pos" texts hold two p* words, "neg" two n* words, among three filler words."""
@@ -380,15 +482,25 @@ def test_lm_finetune_learns_synthetic_task(lm, objective):
 def test_lm_finetune_last_n_blocks_freezes_the_rest(lm):
     module, params, tok, _ = lm
     train_x, train_y = synthetic(8, 0)
-    clf = LMFinetuneClassifier(module, params, tok, "{text} Sentiment: {label}", {"pos": "yes", "neg": "no"},
-                               steps=3, learning_rate=1e-2, train_last_n_blocks=1).fit(train_x, train_y)
+    clf = LMFinetuneClassifier(
+        module,
+        params,
+        tok,
+        "{text} Sentiment: {label}",
+        {"pos": "yes", "neg": "no"},
+        steps=3,
+        learning_rate=1e-2,
+        train_last_n_blocks=1,
+    ).fit(train_x, train_y)
     tuned, original = clf.lm_params_["params"], params["params"]
     for frozen in (("h_0", "attn", "c_attn", "kernel"), ("wte", "embedding"), ("wpe", "embedding")):
-        np.testing.assert_array_equal(functools.reduce(dict.get, frozen, tuned),
-                                      functools.reduce(dict.get, frozen, original))
+        np.testing.assert_array_equal(
+            functools.reduce(dict.get, frozen, tuned), functools.reduce(dict.get, frozen, original)
+        )
     for trained in (("h_1", "attn", "c_attn", "kernel"), ("ln_f", "scale")):
-        assert not np.allclose(functools.reduce(dict.get, trained, tuned),
-                               functools.reduce(dict.get, trained, original))
+        assert not np.allclose(
+            functools.reduce(dict.get, trained, tuned), functools.reduce(dict.get, trained, original)
+        )
 
 
 def test_trainable_labels_and_finetune_errors(lm):

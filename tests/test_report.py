@@ -101,9 +101,7 @@ def _assert_matches_sklearn(y_true, y_pred, *, label_names=None, labels=None, co
     np.testing.assert_array_equal(rep.confusion_matrix, cm)
     if not compare_text:
         return rep
-    text = sk_metrics.classification_report(
-        y_true, y_pred, labels=labels, target_names=label_names, zero_division=0
-    )
+    text = sk_metrics.classification_report(y_true, y_pred, labels=labels, target_names=label_names, zero_division=0)
     assert str(rep) == text
     assert rep.to_string(digits=4) == sk_metrics.classification_report(
         y_true, y_pred, labels=labels, target_names=label_names, zero_division=0, digits=4
@@ -223,8 +221,13 @@ def test_plot_learning_curve_single_and_multi(tmp_path):
     assert out == tmp_path / "a" / "b" / "loss.png"
     _check_png(out, 640, 400)
     out = plot_learning_curve(
-        {"train": (steps, loss), "val": (steps[::4], loss[::4] + 0.1)}, None, str(tmp_path / "multi.png"),
-        figsize=(5, 3), dpi=80, smooth=1000, logy=True,
+        {"train": (steps, loss), "val": (steps[::4], loss[::4] + 0.1)},
+        None,
+        str(tmp_path / "multi.png"),
+        figsize=(5, 3),
+        dpi=80,
+        smooth=1000,
+        logy=True,
     )
     _check_png(out, 400, 240)
     out = plot_learning_curve(None, {"train": loss, "val": loss + 0.1}, tmp_path / "shared.png")
@@ -244,8 +247,14 @@ def test_plot_confusion_matrix(tmp_path):
     rep = classification_report([0, 1, 2, 2, 1, 0], [0, 2, 2, 2, 1, 1], label_names=["cat", "dog", "fox"])
     out = plot_confusion_matrix(rep.confusion_matrix, tmp_path / "cm" / "cm.png", label_names=rep.label_names)
     _check_png(out, 600, 500)
-    out = plot_confusion_matrix(np.zeros((3, 3)) + np.eye(3), tmp_path / "cm_counts.png", normalize=False,
-                                title="counts", figsize=(4, 4), dpi=50)
+    out = plot_confusion_matrix(
+        np.zeros((3, 3)) + np.eye(3),
+        tmp_path / "cm_counts.png",
+        normalize=False,
+        title="counts",
+        figsize=(4, 4),
+        dpi=50,
+    )
     _check_png(out, 200, 200)
     big = np.random.default_rng(0).integers(0, 10, size=(25, 25))  # no per-cell annotations
     big[3] = 0  # a class with no sample: its normalised row stays 0
@@ -255,8 +264,9 @@ def test_plot_confusion_matrix(tmp_path):
 def test_plot_regression_fits(tmp_path):
     x = np.linspace(-5, 5, 100)
     curves = {"ground truth": np.sin(x), "pre-update": np.zeros_like(x), "10 steps": 0.9 * np.sin(x)[:, None]}
-    out = plot_regression_fits(x[:, None], curves, tmp_path / "fit.png", title="sinusoid",
-                               points=(x[::10], np.sin(x[::10])))
+    out = plot_regression_fits(
+        x[:, None], curves, tmp_path / "fit.png", title="sinusoid", points=(x[::10], np.sin(x[::10]))
+    )
     _check_png(out, 640, 400)
     _check_png(plot_regression_fits(x, {"fit": np.cos(x)}, tmp_path / "nofit.png"), 640, 400)
 

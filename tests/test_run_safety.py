@@ -49,12 +49,19 @@ def test_resuming_with_other_settings_names_every_changed_field(tmp_path):
     with pytest.raises(ValueError, match=r"source.keywords.shots: 5 in the checkpoint, 10 now"):
         fj.meta_train(_learner(0.4), optax.adam(1e-3), other_source, steps=20, checkpoint_dir=tmp_path, **KW)
     with pytest.raises(ValueError, match=r"key.array\[1\]: 0 in the checkpoint, 7 now"):
-        fj.meta_train(_learner(0.4), optax.adam(1e-3), SOURCE, steps=20, checkpoint_dir=tmp_path,
-                      **dict(KW, key=jax.random.key(7)))
+        fj.meta_train(
+            _learner(0.4),
+            optax.adam(1e-3),
+            SOURCE,
+            steps=20,
+            checkpoint_dir=tmp_path,
+            **dict(KW, key=jax.random.key(7)),
+        )
     # the one keyword that continues anyway, with a warning listing what changed
     with pytest.warns(UserWarning, match="learner.inner_lr: 0.4 in the checkpoint, 0.1 now"):
-        state, history = fj.meta_train(_learner(0.1), optax.adam(1e-3), SOURCE, steps=20, checkpoint_dir=tmp_path,
-                                       allow_config_change=True, **KW)
+        state, history = fj.meta_train(
+            _learner(0.1), optax.adam(1e-3), SOURCE, steps=20, checkpoint_dir=tmp_path, allow_config_change=True, **KW
+        )
     assert int(state.step) == 20 and history.steps == [15, 20]
     assert fj.read_checkpoint_config(tmp_path)["learner"]["inner_lr"] == 0.1  # the new settings are stored from now on
 
@@ -78,10 +85,14 @@ def test_every_learner_carries_its_constructor_arguments():
     model = fj.models.Conv4(num_classes=5, hidden=8, blocks=2)
     encoder = fj.models.Conv4(hidden=8, blocks=2)
     learners = {
-        "maml": fj.maml(model, "xent", 0.4, 3), "anil": fj.anil(model, "xent", 0.4, 3),
-        "meta_sgd": fj.meta_sgd(model, "xent", 0.4, 3), "reptile": fj.reptile(model, "xent", 0.4, 3),
-        "protonet": fj.protonet(encoder, 5, temperature=2.0), "matching_net": fj.matching_net(encoder, 5),
-        "relation_net": fj.relation_net(fj.learners.RelationEncoder(hidden=8), None, 5), "siamese": fj.siamese(encoder, 5, margin=2.0),
+        "maml": fj.maml(model, "xent", 0.4, 3),
+        "anil": fj.anil(model, "xent", 0.4, 3),
+        "meta_sgd": fj.meta_sgd(model, "xent", 0.4, 3),
+        "reptile": fj.reptile(model, "xent", 0.4, 3),
+        "protonet": fj.protonet(encoder, 5, temperature=2.0),
+        "matching_net": fj.matching_net(encoder, 5),
+        "relation_net": fj.relation_net(fj.learners.RelationEncoder(hidden=8), None, 5),
+        "siamese": fj.siamese(encoder, 5, margin=2.0),
         "cvae_classifier": fj.cvae_classifier(None, None, 16, 5),
     }
     for name, learner in learners.items():
@@ -96,12 +107,30 @@ def test_every_learner_carries_its_constructor_arguments():
 
 def test_time_based_checkpoints(tmp_path):
     # checkpoint_every=100 never triggers in 7 steps; a tiny time interval saves after every step
-    fj.meta_train(_learner(), optax.adam(1e-3), SOURCE, steps=7, checkpoint_dir=tmp_path, checkpoint_every=100,
-                  checkpoint_every_seconds=1e-9, keep=10, **KW)
+    fj.meta_train(
+        _learner(),
+        optax.adam(1e-3),
+        SOURCE,
+        steps=7,
+        checkpoint_dir=tmp_path,
+        checkpoint_every=100,
+        checkpoint_every_seconds=1e-9,
+        keep=10,
+        **KW,
+    )
     assert sorted(int(n) for n in os.listdir(tmp_path) if n.isdigit()) == [1, 2, 3, 4, 5, 6, 7]
     other = tmp_path / "off"
-    fj.meta_train(_learner(), optax.adam(1e-3), SOURCE, steps=7, checkpoint_dir=other, checkpoint_every=100,
-                  checkpoint_every_seconds=None, keep=10, **KW)
+    fj.meta_train(
+        _learner(),
+        optax.adam(1e-3),
+        SOURCE,
+        steps=7,
+        checkpoint_dir=other,
+        checkpoint_every=100,
+        checkpoint_every_seconds=None,
+        keep=10,
+        **KW,
+    )
     assert sorted(int(n) for n in os.listdir(other) if n.isdigit()) == [7]  # only the final save
 
 
@@ -118,8 +147,17 @@ def test_metrics_are_appended_at_every_logging_point(tmp_path):
     data = np.random.default_rng(0).normal(size=(6, 8, 3)).astype(np.float32)
     sampler = Watching(data, ways=2, shots=2, queries=2, seed=0)
     learner = fj.maml(fj.models.MLP(hidden=(8,), out=2), "xent", 0.1, 1)
-    fj.meta_train(learner, optax.sgd(0.1), sampler, steps=9, meta_batch=2, key=jax.random.key(0), log_every=3,
-                  log_dir=tmp_path, progress=False)
+    fj.meta_train(
+        learner,
+        optax.sgd(0.1),
+        sampler,
+        steps=9,
+        meta_batch=2,
+        key=jax.random.key(0),
+        log_every=3,
+        log_dir=tmp_path,
+        progress=False,
+    )
     # sample(index=0) for the example task, then batch i + 1 while step i runs (before step i's logging point):
     # rows logged after steps 3 and 6 are visible to the next batch built
     assert seen == [0, 0, 0, 0, 0, 1, 1, 1, 2, 2]
@@ -152,8 +190,10 @@ def test_bad_arguments_write_nothing(tmp_path):
     for kwargs, match in [
         (dict(steps=0), "steps must be a positive int, got 0"),
         (dict(steps=5, log_every=-1), "log_every must be a positive int, got -1"),
-        (dict(steps=5, checkpoint_every_seconds=0), "checkpoint_every_seconds must be a positive number or None, "
-                                                     "got 0"),
+        (
+            dict(steps=5, checkpoint_every_seconds=0),
+            "checkpoint_every_seconds must be a positive number or None, got 0",
+        ),
         (dict(steps=5, keep=0), "keep must be a positive int, got 0"),
         (dict(steps=5, task_chunk=3), "task_chunk=3 must divide meta_batch=4"),
         (dict(steps=5, max_seconds=float("nan")), "max_seconds must be a positive number or None"),
@@ -173,8 +213,11 @@ def test_truncated_latest_checkpoint_is_skipped_with_a_warning(tmp_path):
             path = os.path.join(root, name)
             if os.sep + "d" + os.sep in path:
                 os.truncate(path, os.path.getsize(path) // 2)
-    with pytest.warns(UserWarning, match=r"checkpoint 10 in .* is unreadable .*renamed '10.unreadable' and "
-                                         r"checkpoint 5 was restored instead"):
+    with pytest.warns(
+        UserWarning,
+        match=r"checkpoint 10 in .* is unreadable .*renamed '10.unreadable' and "
+        r"checkpoint 5 was restored instead",
+    ):
         state, history = fj.meta_train(_learner(), optax.adam(1e-3), SOURCE, steps=10, checkpoint_dir=tmp_path, **KW)
     assert history.steps == [10]  # trained again from step 5
     for a, b in zip(jax.tree_util.tree_leaves(state.params), jax.tree_util.tree_leaves(reference.params)):
@@ -204,8 +247,9 @@ DISK_FULL = textwrap.dedent(
 
 def test_a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path):
     ckpt, logs = tmp_path / "ckpt", tmp_path / "logs"
-    result = subprocess.run([sys.executable, "-c", DISK_FULL, str(ckpt), str(logs)], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", DISK_FULL, str(ckpt), str(logs)], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ERROR [Errno 27] could not write checkpoint 10 to" in result.stdout, result.stdout + result.stderr[-3000:]
     assert "File too large" in result.stdout and "the previous checkpoint (step 5) is intact" in result.stdout
@@ -221,15 +265,29 @@ def test_labels_beyond_the_model_outputs_are_an_error_naming_both():
     message = r"the episodes have 10 classes \(labels 0..9\) but maml outputs 5 logits per example"
     conv = fj.maml(fj.models.Conv4(num_classes=5, hidden=4, blocks=2), "xent", 0.1, 1)  # the case users meet first
     with pytest.raises(ValueError, match=message):
-        fj.meta_train(conv, optax.adam(1e-3), fj.data.DeviceSampler(images, 10, 1, 2).sample, steps=2, meta_batch=2,
-                      key=jax.random.key(0), progress=False)
+        fj.meta_train(
+            conv,
+            optax.adam(1e-3),
+            fj.data.DeviceSampler(images, 10, 1, 2).sample,
+            steps=2,
+            meta_batch=2,
+            key=jax.random.key(0),
+            progress=False,
+        )
     # every other entry point, with small MLPs on flattened images (quick to trace and, below, to compile)
     data = images.reshape(20, 6, 64)
     ten, five = fj.data.DeviceSampler(data, 10, 1, 2), fj.data.DeviceSampler(data, 5, 1, 2)
     learner = fj.maml(fj.models.MLP(hidden=(8,), out=5), "xent", 0.1, 1)
     with pytest.raises(ValueError, match=message):
-        fj.meta_train(learner, optax.adam(1e-3), fj.data.HostSampler(data, 10, 1, 2), steps=2, meta_batch=2,
-                      key=jax.random.key(0), progress=False)
+        fj.meta_train(
+            learner,
+            optax.adam(1e-3),
+            fj.data.HostSampler(data, 10, 1, 2),
+            steps=2,
+            meta_batch=2,
+            key=jax.random.key(0),
+            progress=False,
+        )
     params = learner.init(jax.random.key(0), five.sample_one(jax.random.key(1)))
     state = fj.TrainState.create(learner, params, optax.adam(1e-3))
     with pytest.raises(ValueError, match=message):  # at trace time, before anything runs
@@ -240,16 +298,21 @@ def test_labels_beyond_the_model_outputs_are_an_error_naming_both():
         fj.evaluate(learner, params, ten.sample(jax.random.key(0), 3))
     protonet = fj.protonet(fj.models.MLP(hidden=(8,), out=4), ways=5)
     with pytest.raises(ValueError, match=r"protonet outputs 5 logits"):
-        fj.evaluate(protonet, protonet.init(jax.random.key(0), five.sample_one(jax.random.key(1))), ten, episodes=4,
-                    key=jax.random.key(0))
+        fj.evaluate(
+            protonet,
+            protonet.init(jax.random.key(0), five.sample_one(jax.random.key(1))),
+            ten,
+            episodes=4,
+            key=jax.random.key(0),
+        )
     wide = fj.maml(fj.models.MLP(hidden=(8,), out=20), "xent", 0.1, 1)
     with pytest.warns(UserWarning, match=r"maml outputs 20 logits per example for 5-way episodes"):
-        fj.meta_train(wide, optax.adam(1e-3), five.sample, steps=1, meta_batch=2, key=jax.random.key(0),
-                      progress=False)
+        fj.meta_train(wide, optax.adam(1e-3), five.sample, steps=1, meta_batch=2, key=jax.random.key(0), progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # a matching model: no warning
-        fj.meta_train(learner, optax.adam(1e-3), five.sample, steps=1, meta_batch=2, key=jax.random.key(0),
-                      progress=False)
+        fj.meta_train(
+            learner, optax.adam(1e-3), five.sample, steps=1, meta_batch=2, key=jax.random.key(0), progress=False
+        )
 
 
 def test_task_errors_name_the_field_where_the_task_enters():

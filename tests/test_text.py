@@ -51,8 +51,14 @@ def tiny_bert(tmp_path_factory):
 
     from fsl_jax.models.hub import resolve_model_folder
 
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     module = Bert(config, add_pooling_layer=False)
     params = module.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_folder("all-MiniLM-L6-v2")))
@@ -300,8 +306,9 @@ def test_augment_is_applied_to_the_support_set(tiny_bert):
     clf = FewShotTextClassifier(tiny_bert, "head", max_length=MAX_LEN, augment=double).fit(texts, labels)
     assert clf.fit_info_["support_size"] == 18 and isinstance(seen["rng"], np.random.Generator)
     with pytest.raises(ValueError, match=r"len\(augment\(...\) labels\)"):
-        FewShotTextClassifier(tiny_bert, "head", max_length=MAX_LEN,
-                              augment=lambda t, y, r: (t + ["extra"], y)).fit(texts, labels)
+        FewShotTextClassifier(tiny_bert, "head", max_length=MAX_LEN, augment=lambda t, y, r: (t + ["extra"], y)).fit(
+            texts, labels
+        )
 
 
 def test_protonet_meta_trains_on_other_classes(tiny_bert):
@@ -314,7 +321,8 @@ def test_protonet_meta_trains_on_other_classes(tiny_bert):
     assert clf.classes_ == ("money", "sport", "tech") and clf.fit_info_["meta_train_steps"] == 5
     with pytest.raises(ValueError, match="meta_labels has 1 classes"):
         FewShotTextClassifier(tiny_bert, "anil", max_length=MAX_LEN, **FAST["anil"]).fit(
-            texts, labels, meta_texts=meta_texts[:8], meta_labels=meta_labels[:8])
+            texts, labels, meta_texts=meta_texts[:8], meta_labels=meta_labels[:8]
+        )
 
 
 def test_text_cli_head_on_a_tiny_csv(tiny_bert, tmp_path, capsys):
@@ -323,9 +331,26 @@ def test_text_cli_head_on_a_tiny_csv(tiny_bert, tmp_path, capsys):
     path.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in zip(texts, labels)))
     parser = argparse.ArgumentParser(prog="fsl-jax")
     add_text_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["text", "--method", "head", "--data", str(path), "--shots", "2", "--draws", "2",
-                              "--backbone", tiny_bert, "--max-length", str(MAX_LEN), "--out", str(tmp_path / "out"),
-                              "--no-progress"])
+    args = parser.parse_args(
+        [
+            "text",
+            "--method",
+            "head",
+            "--data",
+            str(path),
+            "--shots",
+            "2",
+            "--draws",
+            "2",
+            "--backbone",
+            tiny_bert,
+            "--max-length",
+            str(MAX_LEN),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ]
+    )
     assert run_text(args) == 0
     out = capsys.readouterr().out
     assert "accuracy over 2 draws" in out and "precision" in out and "sport" in out
@@ -339,6 +364,7 @@ def test_text_cli_head_on_a_tiny_csv(tiny_bert, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------------ meta-learning
 
+
 def test_second_order_maml_over_bert_matches_a_hand_written_meta_gradient(tiny_bert):
     """fj.maml over the BERT classifier (token-id tasks): its meta-gradient equals grad of
     query_loss(theta - a * grad support_loss(theta)) written out by hand, with remat (whose program holds a
@@ -348,8 +374,9 @@ def test_second_order_maml_over_bert_matches_a_hand_written_meta_gradient(tiny_b
     texts, labels = easy_texts(4, seed=3)
     ids = jnp.asarray(tokenize(texts, tok, MAX_LEN)[0]).reshape(3, 4, MAX_LEN)
     y = jnp.broadcast_to(jnp.arange(3)[:, None], (3, 4))
-    task = fj.Task(ids[:, :2].reshape(6, MAX_LEN), y[:, :2].reshape(6), ids[:, 2:].reshape(6, MAX_LEN),
-                   y[:, 2:].reshape(6))
+    task = fj.Task(
+        ids[:, :2].reshape(6, MAX_LEN), y[:, :2].reshape(6), ids[:, 2:].reshape(6, MAX_LEN), y[:, 2:].reshape(6)
+    )
     lr = 0.3
 
     def xent(v, x, t):
@@ -366,7 +393,7 @@ def test_second_order_maml_over_bert_matches_a_hand_written_meta_gradient(tiny_b
         return traced.jaxpr, traced.lower().compile(compiler_options={"xla_backend_optimization_level": 0})(variables)
 
     _, expected = run_once(jax.grad(by_hand))
-    flat = lambda tree: np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(tree)])  # noqa: E731
+    flat = lambda tree: np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves(tree)])
     # remat=True is the setting that makes MiniLM second-order MAML fit on CPU; remat=False is the plain path. Both
     # must give the hand-written meta-gradient, and only the first may checkpoint the inner step.
     for remat in (True, False):

@@ -61,8 +61,9 @@ def test_meta_gradient_is_the_mean_over_tasks():
     key = jax.random.key(4)
     grads, loss, _ = batch_grads(learner, state.params, tasks, key)
     keys = jax.random.split(key, 6)
-    per_task = [jax.grad(lambda p: fj.meta_loss(learner, p, fj.task_at(tasks, i), keys[i])[0])(state.params)
-                for i in range(6)]
+    per_task = [
+        jax.grad(lambda p: fj.meta_loss(learner, p, fj.task_at(tasks, i), keys[i])[0])(state.params) for i in range(6)
+    ]
     mean = jax.tree_util.tree_map(lambda *g: sum(g) / 6, *per_task)
     for a, b in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(mean)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -107,8 +108,9 @@ def test_meta_train_stops_on_nan_with_the_step_number():
 
 def test_meta_train_learns_sinusoids():
     learner, optimizer, start = _setup(optimizer=optax.adam(3e-3))
-    state, history = fj.meta_train(learner, optimizer, SOURCE, steps=1500, meta_batch=16, key=jax.random.key(0),
-                                   log_every=500, progress=False)
+    state, history = fj.meta_train(
+        learner, optimizer, SOURCE, steps=1500, meta_batch=16, key=jax.random.key(0), log_every=500, progress=False
+    )
     assert history.steps == [500, 1000, 1500] and len(history.series("loss")) == 3
     test = SOURCE(jax.random.key(99), 200)
     before = fj.evaluate(learner, start.params, test)
@@ -156,13 +158,26 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
         fj.restore_checkpoint(tmp_path / "empty", fresh)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         fj.restore_checkpoint(tmp_path / "missing", fresh)
-    other = fj.TrainState.create(learner, fj.maml(fj.models.MLP(hidden=(3, 16)), "mse").init(
-        jax.random.key(0), fj.task_at(SOURCE(jax.random.key(1), 1), 0)), optimizer)
-    with pytest.raises(ValueError, match=r"checkpoint 1 in .* leaf params/params/dense0/bias has shape \(16,\), target has "
-                                         r"\(3,\) \(and 8 more leaves differ\)"):
+    other = fj.TrainState.create(
+        learner,
+        fj.maml(fj.models.MLP(hidden=(3, 16)), "mse").init(
+            jax.random.key(0), fj.task_at(SOURCE(jax.random.key(1), 1), 0)
+        ),
+        optimizer,
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint 1 in .* leaf params/params/dense0/bias has shape \(16,\), target has "
+        r"\(3,\) \(and 8 more leaves differ\)",
+    ):
         fj.restore_checkpoint(tmp_path, other)
-    wider = fj.TrainState.create(learner, fj.maml(fj.models.MLP(hidden=(16, 16, 16)), "mse").init(
-        jax.random.key(0), fj.task_at(SOURCE(jax.random.key(1), 1), 0)), optimizer)
+    wider = fj.TrainState.create(
+        learner,
+        fj.maml(fj.models.MLP(hidden=(16, 16, 16)), "mse").init(
+            jax.random.key(0), fj.task_at(SOURCE(jax.random.key(1), 1), 0)
+        ),
+        optimizer,
+    )
     with pytest.raises(ValueError, match=r"does not match target: it has 22 arrays, target has 28"):
         fj.restore_checkpoint(tmp_path, wider)
 
@@ -200,8 +215,17 @@ def test_bad_arguments():
 
 def test_time_budget_stops_at_a_logging_point():
     learner, optimizer, _ = _setup()
-    state, history = fj.meta_train(learner, optimizer, SOURCE, steps=10_000, meta_batch=2, key=jax.random.key(0),
-                                   log_every=7, max_seconds=1e-6, progress=False)
+    state, history = fj.meta_train(
+        learner,
+        optimizer,
+        SOURCE,
+        steps=10_000,
+        meta_batch=2,
+        key=jax.random.key(0),
+        log_every=7,
+        max_seconds=1e-6,
+        progress=False,
+    )
     assert int(state.step) == 7 and history.steps == [7]
     with pytest.raises(ValueError, match="max_seconds"):
         fj.meta_train(learner, optimizer, SOURCE, steps=5, meta_batch=2, key=jax.random.key(0), max_seconds=-1)
@@ -221,11 +245,29 @@ def test_meta_train_reads_the_device_only_at_logging_points(monkeypatch):
         return tasks._replace(query_y=tasks.query_y * jnp.nan)
 
     with jax.transfer_guard_device_to_host("disallow"):
-        trained, history = fj.meta_train(learner, optimizer, SOURCE, steps=30, meta_batch=2, key=jax.random.key(0),
-                                         state=state, log_every=10, progress=False)
+        trained, history = fj.meta_train(
+            learner,
+            optimizer,
+            SOURCE,
+            steps=30,
+            meta_batch=2,
+            key=jax.random.key(0),
+            state=state,
+            log_every=10,
+            progress=False,
+        )
         assert len(reads) == 2 + 3 and history.steps == [10, 20, 30]
         reads.clear()
         with pytest.raises(fj.NonFiniteError, match=r"meta-step 0 produced a non-finite loss \(detected at step 10\)"):
-            fj.meta_train(learner, optimizer, poisoned, steps=30, meta_batch=2, key=jax.random.key(0),
-                          state=trained.replace(step=jnp.zeros((), jnp.int32)), log_every=10, progress=False)
+            fj.meta_train(
+                learner,
+                optimizer,
+                poisoned,
+                steps=30,
+                meta_batch=2,
+                key=jax.random.key(0),
+                state=trained.replace(step=jnp.zeros((), jnp.int32)),
+                log_every=10,
+                progress=False,
+            )
         assert len(reads) == 2 + 1  # found at the first logging point, with no read before it

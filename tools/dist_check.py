@@ -56,8 +56,13 @@ def run(cmd: list[str], **kwargs) -> None:
     print("+", " ".join(shown), flush=True)
     out = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, **kwargs)
     # minus the warnings this machine's pip config prints about index folders that do not exist
-    sys.stderr.write("".join(line for line in out.stderr.splitlines(keepends=True)
-                             if "is ignored: it is neither a file nor a directory" not in line))
+    sys.stderr.write(
+        "".join(
+            line
+            for line in out.stderr.splitlines(keepends=True)
+            if "is ignored: it is neither a file nor a directory" not in line
+        )
+    )
     if out.returncode:
         sys.exit(f"failed ({out.returncode}): {' '.join(shown)}")
 
@@ -81,8 +86,10 @@ def check_wheel(wheel: Path) -> None:
     pinned = [r for r in requires if any(s.operator in ("==", "===") for s in Requirement(r).specifier)]
     if pinned:
         sys.exit(f"{wheel.name} pins exact versions: {pinned}")
-    print(f"wheel ok: {len(names)} files, all under {PACKAGE}/ or {dist_info}/; {len(requires)} requirements, "
-          "none pinned exactly")
+    print(
+        f"wheel ok: {len(names)} files, all under {PACKAGE}/ or {dist_info}/; {len(requires)} requirements, "
+        "none pinned exactly"
+    )
 
 
 def main() -> None:

@@ -19,7 +19,8 @@ if _TYPE_CHECKING:  # what the lazy table below resolves to, for type checkers a
     from fsl_jax.data.sinusoid import sinusoid_params, sinusoid_tasks
 
 __getattr__, __dir__ = _lazy(
-    __name__, globals(),
+    __name__,
+    globals(),
     submodules=["text"],
     attributes={
         "folders": ["ImageFolder", "image_folder", "write_image_folder"],
@@ -33,7 +34,22 @@ __getattr__, __dir__ = _lazy(
 )
 
 __all__ = [
-    "ArraySource", "ClassDataset", "DeviceSampler", "EpisodeIterator", "EpisodeLoader", "EpisodeSpec", "HostSampler",
-    "ImageFolder", "digits", "glyphs", "image_folder", "mini_imagenet", "omniglot", "pad_task", "sinusoid_params",
-    "sinusoid_tasks", "text", "write_image_folder",
+    "ArraySource",
+    "ClassDataset",
+    "DeviceSampler",
+    "EpisodeIterator",
+    "EpisodeLoader",
+    "EpisodeSpec",
+    "HostSampler",
+    "ImageFolder",
+    "digits",
+    "glyphs",
+    "image_folder",
+    "mini_imagenet",
+    "omniglot",
+    "pad_task",
+    "sinusoid_params",
+    "sinusoid_tasks",
+    "text",
+    "write_image_folder",
 ]

@@ -84,8 +84,9 @@ class EpisodeSpec:
             _positive(name, caps[name])
         spec = cls(low, high, _positive("shots", shots, True), _positive("queries", queries, True), **caps)
         if spec.shots is None and spec.max_support < spec.max_ways:
-            raise ValueError(f"max_support={spec.max_support} leaves no support example for each of up to "
-                             f"{spec.max_ways} ways")
+            raise ValueError(
+                f"max_support={spec.max_support} leaves no support example for each of up to {spec.max_ways} ways"
+            )
         return spec
 
     @property
@@ -115,8 +116,11 @@ class EpisodeSpec:
         return ways, support, ways * per_query
 
 
-def sample_sizes(rng: np.random.Generator, counts: np.ndarray, spec: EpisodeSpec,
-                 ) -> tuple[np.ndarray, np.ndarray, int]:
+def sample_sizes(
+    rng: np.random.Generator,
+    counts: np.ndarray,
+    spec: EpisodeSpec,
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Draws one episode's classes and sizes: ``(classes, support per class, queries per class)``.
 
     ``counts[c]`` is the number of images of class ``c`` (every class must hold ``spec.min_examples()``).
@@ -154,8 +158,9 @@ def sample_sizes(rng: np.random.Generator, counts: np.ndarray, spec: EpisodeSpec
     return classes, support.astype(np.int64), int(queries)
 
 
-def build_episode(rng: np.random.Generator, source: Any, spec: EpisodeSpec, shapes: tuple[int, int, int] | None,
-                  dtype: Any) -> dict[str, np.ndarray]:
+def build_episode(
+    rng: np.random.Generator, source: Any, spec: EpisodeSpec, shapes: tuple[int, int, int] | None, dtype: Any
+) -> dict[str, np.ndarray]:
     """One episode from ``source`` as a dict of numpy arrays (the fields of a :class:`~fsl_jax.Task`).
 
     Examples are grouped by class in the order the classes were drawn (labels ``0..ways-1``); for each class the
@@ -217,13 +222,17 @@ class ArraySource:
         else:
             array = np.asarray(data)
             if array.ndim < 3:
-                raise ValueError(f"{name} must have shape [classes, per_class, *features] (rank >= 3), got rank "
-                                 f"{array.ndim} shape {array.shape}")
+                raise ValueError(
+                    f"{name} must have shape [classes, per_class, *features] (rank >= 3), got rank "
+                    f"{array.ndim} shape {array.shape}"
+                )
             classes = list(array)
         shapes = {c.shape[1:] for c in classes}
         if any(c.ndim < 2 for c in classes) or len(shapes) != 1:
-            raise ValueError(f"{name} as a sequence must hold per-class arrays [count, *features] with one feature "
-                             f"shape, got shapes {sorted({c.shape for c in classes})[:4]}")
+            raise ValueError(
+                f"{name} as a sequence must hold per-class arrays [count, *features] with one feature "
+                f"shape, got shapes {sorted({c.shape for c in classes})[:4]}"
+            )
         self.classes = classes
         self.counts = np.array([len(c) for c in classes], np.int64)
         self.feature_shape = tuple(classes[0].shape[1:])
@@ -241,8 +250,13 @@ class ArraySource:
     def config(self) -> dict:
         from fsl_jax._config import describe
 
-        return {"source": "arrays", "classes": len(self.classes), "examples": int(self.counts.sum()),
-                "data": describe(self.classes[0]), "last_class": describe(self.classes[-1])}
+        return {
+            "source": "arrays",
+            "classes": len(self.classes),
+            "examples": int(self.counts.sum()),
+            "data": describe(self.classes[0]),
+            "last_class": describe(self.classes[-1]),
+        }
 
     def __repr__(self) -> str:
         return f"ArraySource(classes={self.num_classes}, features={self.feature_shape})"

@@ -63,7 +63,8 @@ def _list_images(folder: str | os.PathLike[str]) -> list[str]:
     folder = os.fspath(folder)
     with os.scandir(folder) as entries:
         names = sorted(
-            e.name for e in entries
+            e.name
+            for e in entries
             if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in _IMAGE_SUFFIXES and e.is_file()
         )
     return [os.path.join(folder, name) for name in names]
@@ -135,14 +136,22 @@ class ImageFolder:
 
     dtype = np.uint8
 
-    def __init__(self, root: str | os.PathLike[str], class_names: Sequence[str], files: Sequence[Sequence[str]],
-                 size: Any, channels: int = 3):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        class_names: Sequence[str],
+        files: Sequence[Sequence[str]],
+        size: Any,
+        channels: int = 3,
+    ):
         height, width = _check_hw(size)
         self.channels = _check_channels(channels)
         self.mode = _MODES[self.channels]
         if len(class_names) != len(files):
-            raise ValueError(f"class_names and files must have one entry per class, got {len(class_names)} names "
-                             f"and {len(files)} file lists")
+            raise ValueError(
+                f"class_names and files must have one entry per class, got {len(class_names)} names "
+                f"and {len(files)} file lists"
+            )
         self.root = os.path.abspath(os.path.expanduser(os.fspath(root)))
         self.class_names = tuple(str(name) for name in class_names)
         self.files = tuple(tuple(os.path.abspath(os.fspath(f)) for f in class_files) for class_files in files)
@@ -165,8 +174,10 @@ class ImageFolder:
         """
         c = self._class(class_index)
         if not _is_int(example_index) or not 0 <= example_index < self.counts[c]:
-            raise IndexError(f"example_index must be an int in [0, {int(self.counts[c])}) for class "
-                             f"{self.class_names[c]!r}, got {example_index!r}")
+            raise IndexError(
+                f"example_index must be an int in [0, {int(self.counts[c])}) for class "
+                f"{self.class_names[c]!r}, got {example_index!r}"
+            )
         return _decode_image(self.files[c][int(example_index)], self.size, self.mode)
 
     def load_many(self, class_index: int, indices: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -179,8 +190,9 @@ class ImageFolder:
             raise IndexError(f"indices must be a 1-D sequence of ints, got {indices!r}")
         bad = index[(index < 0) | (index >= self.counts[c])]
         if bad.size:
-            raise IndexError(f"indices must lie in [0, {int(self.counts[c])}) for class {self.class_names[c]!r}, "
-                             f"got {int(bad[0])}")
+            raise IndexError(
+                f"indices must lie in [0, {int(self.counts[c])}) for class {self.class_names[c]!r}, got {int(bad[0])}"
+            )
         out = np.empty((len(index), *self.feature_shape), np.uint8)
         for row, i in enumerate(index):
             out[row] = _decode_image(self.files[c][int(i)], self.size, self.mode)
@@ -198,20 +210,36 @@ class ImageFolder:
                     relative = os.path.relpath(path, self.root).replace(os.sep, "/")
                     digest.update(f"{name}\t{relative}\n".encode("utf-8", "surrogateescape"))
             self._fingerprint = digest.hexdigest()[:16]
-        return {"source": "image_folder", "root": self.root, "classes": self.num_classes,
-                "files": int(self.counts.sum()), "size": list(self.size), "channels": self.channels,
-                "listing": self._fingerprint}
+        return {
+            "source": "image_folder",
+            "root": self.root,
+            "classes": self.num_classes,
+            "files": int(self.counts.sum()),
+            "size": list(self.size),
+            "channels": self.channels,
+            "listing": self._fingerprint,
+        }
 
     def __len__(self) -> int:
         return self.num_classes
 
     def __repr__(self) -> str:
-        return (f"ImageFolder({self.root!r}, classes={self.num_classes}, files={int(self.counts.sum())}, "
-                f"feature_shape={self.feature_shape})")
+        return (
+            f"ImageFolder({self.root!r}, classes={self.num_classes}, files={int(self.counts.sum())}, "
+            f"feature_shape={self.feature_shape})"
+        )
 
 
-def image_folder(root: str | os.PathLike[str], size: Any, channels: int = 3, *, min_per_class: int = 1,
-                 small_classes: str = "error", verify: bool = False, bad_files: str = "error") -> ImageFolder:
+def image_folder(
+    root: str | os.PathLike[str],
+    size: Any,
+    channels: int = 3,
+    *,
+    min_per_class: int = 1,
+    small_classes: str = "error",
+    verify: bool = False,
+    bad_files: str = "error",
+) -> ImageFolder:
     """A lazily decoded class source over ``root/<class>/<image files>``: one sub-folder per class.
 
     Class names are the sorted sub-folder names and a class's examples its image files (``.png``, ``.jpg``,
@@ -290,33 +318,42 @@ def image_folder(root: str | os.PathLike[str], size: Any, channels: int = 3, *, 
         if bad:
             unreadable = set(bad)
             files = [[f for f in class_files if f not in unreadable] for class_files in files]
-            warnings.warn(f"image_folder: skipped {len(bad)} unreadable image files (bad_files='skip'): {_some(bad)}",
-                          stacklevel=2)
+            warnings.warn(
+                f"image_folder: skipped {len(bad)} unreadable image files (bad_files='skip'): {_some(bad)}",
+                stacklevel=2,
+            )
 
     small = [k for k, class_files in enumerate(files) if len(class_files) < min_per_class]
     if small and small_classes == "error":
         k = small[0]
         raise ValueError(
             f"class folder {os.path.join(root, names[k])} holds {len(files[k])} images, fewer than "
-            f"min_per_class={min_per_class} ({len(small)} such classes); drop them with small_classes='skip'")
+            f"min_per_class={min_per_class} ({len(small)} such classes); drop them with small_classes='skip'"
+        )
     if small:
         folders = [os.path.join(root, names[k]) for k in small]
-        warnings.warn(f"image_folder: skipped {len(small)} class folders with fewer than min_per_class={min_per_class} "
-                      f"images: {_some(folders)}", stacklevel=2)
+        warnings.warn(
+            f"image_folder: skipped {len(small)} class folders with fewer than min_per_class={min_per_class} "
+            f"images: {_some(folders)}",
+            stacklevel=2,
+        )
         dropped = set(small)
         names = [n for k, n in enumerate(names) if k not in dropped]
         files = [f for k, f in enumerate(files) if k not in dropped]
         if not names:
-            raise ValueError(f"no class folder in image folder root {root} holds min_per_class={min_per_class} "
-                             f"images; all {len(small)} were skipped")
+            raise ValueError(
+                f"no class folder in image folder root {root} holds min_per_class={min_per_class} "
+                f"images; all {len(small)} were skipped"
+            )
     return ImageFolder(root, names, files, height_width, channels)
 
 
 # ------------------------------------------------------------------------------------------------ writing
 
 
-def write_image_folder(root: str | os.PathLike[str], data: Any, class_names: Sequence[str] | None = None, *,
-                       format: str = "png") -> str:
+def write_image_folder(
+    root: str | os.PathLike[str], data: Any, class_names: Sequence[str] | None = None, *, format: str = "png"
+) -> str:
     """Writes uint8 images as ``root/<class name>/<i:05d>.<format>``, the layout :func:`image_folder` reads.
 
     Args:
@@ -345,8 +382,10 @@ def write_image_folder(root: str | os.PathLike[str], data: Any, class_names: Seq
     if array.dtype != np.uint8:
         raise ValueError(f"data must be a uint8 array, got dtype {array.dtype} with shape {array.shape}")
     if array.ndim not in (4, 5) or (array.ndim == 5 and array.shape[-1] not in (1, 3)):
-        raise ValueError(f"data must have shape [classes, per_class, height, width] or [classes, per_class, height, "
-                         f"width, channels] with channels 1 or 3, got shape {array.shape}")
+        raise ValueError(
+            f"data must have shape [classes, per_class, height, width] or [classes, per_class, height, "
+            f"width, channels] with channels 1 or 3, got shape {array.shape}"
+        )
     if array.shape[0] < 1 or array.shape[2] < 1 or array.shape[3] < 1:
         raise ValueError(f"data must hold at least one class of images at least 1 x 1, got shape {array.shape}")
     if not isinstance(format, str) or format.lower() not in _WRITE_FORMATS:
@@ -359,20 +398,29 @@ def write_image_folder(root: str | os.PathLike[str], data: Any, class_names: Seq
             raise ValueError(f"class_names must be a sequence of folder names, got the str {class_names!r}")
         names = list(class_names)
         if len(names) != array.shape[0]:
-            raise ValueError(f"class_names must have one name per class ({array.shape[0]}), got {len(names)}: "
-                             f"{class_names!r}")
+            raise ValueError(
+                f"class_names must have one name per class ({array.shape[0]}), got {len(names)}: {class_names!r}"
+            )
         for name in names:
-            if (not isinstance(name, str) or not name or name.startswith(".") or "/" in name
-                    or os.sep in name or (os.altsep and os.altsep in name)):
-                raise ValueError(f"class_names must be non-empty folder names without path separators or a leading "
-                                 f"'.', got {name!r}")
+            if (
+                not isinstance(name, str)
+                or not name
+                or name.startswith(".")
+                or "/" in name
+                or os.sep in name
+                or (os.altsep and os.altsep in name)
+            ):
+                raise ValueError(
+                    f"class_names must be non-empty folder names without path separators or a leading '.', got {name!r}"
+                )
         if len(set(names)) != len(names):
             raise ValueError(f"class_names must be distinct, got {class_names!r}")
     root = os.path.abspath(os.path.expanduser(os.fspath(root)))
     if os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
         what = "a non-empty folder" if os.path.isdir(root) else "not a folder"
-        raise FileExistsError(f"root {root} already exists and is {what}; write_image_folder writes only into a new "
-                              f"or empty folder")
+        raise FileExistsError(
+            f"root {root} already exists and is {what}; write_image_folder writes only into a new or empty folder"
+        )
     if array.ndim == 5 and array.shape[-1] == 1:
         array = array[..., 0]
     for name, images in zip(names, array):

@@ -7,7 +7,6 @@ ready for :class:`~fsl_jax.data.DeviceSampler` or :class:`~fsl_jax.data.HostSamp
 Nothing is downloaded: Omniglot and miniImageNet are read from folders in their usual published layouts.
 """
 
-
 import csv
 import os
 import pickle
@@ -164,9 +163,7 @@ def omniglot(root: str | os.PathLike[str], split: str = "background", size: int 
     return ClassDataset(_stack_classes(classes), tuple(names), split)
 
 
-def _mini_imagenet_csv(
-    root: Path, csv_path: Path, size: int, layout: str
-) -> tuple[list[list[np.ndarray]], list[str]]:
+def _mini_imagenet_csv(root: Path, csv_path: Path, size: int, layout: str) -> tuple[list[list[np.ndarray]], list[str]]:
     by_label: dict[str, list[str]] = {}
     with open(csv_path, newline="") as handle:
         rows = csv.reader(handle)

@@ -117,11 +117,13 @@ def pad_task(task: Task, *, support: int, query: int, ways: int | None = None) -
 def _way_mask(task: Task, ways: int, dtype: Any) -> Array:
     y = task.support_y
     if not np.issubdtype(np.dtype(y.dtype), np.integer) or np.ndim(y) != 1:
-        raise ValueError(f"ways is for classification tasks with integer labels [n]; got support_y of dtype {y.dtype} "
-                         f"and shape {np.shape(y)}")
+        raise ValueError(
+            f"ways is for classification tasks with integer labels [n]; got support_y of dtype {y.dtype} "
+            f"and shape {np.shape(y)}"
+        )
     xp = jnp if isinstance(task.support_x, jax.Array) else np
-    real_s = (np.ones(np.shape(y), bool) if task.support_mask is None else xp.asarray(task.support_mask) > 0)
-    real_q = (np.ones(np.shape(task.query_y), bool) if task.query_mask is None else xp.asarray(task.query_mask) > 0)
+    real_s = np.ones(np.shape(y), bool) if task.support_mask is None else xp.asarray(task.support_mask) > 0
+    real_q = np.ones(np.shape(task.query_y), bool) if task.query_mask is None else xp.asarray(task.query_mask) > 0
     if task.way_mask is not None:
         n = xp.sum(xp.asarray(task.way_mask) > 0)
     else:
@@ -135,6 +137,8 @@ def _way_mask(task: Task, ways: int, dtype: Any) -> Array:
                 continue
             labels = np.asarray(labels)[np.asarray(real)]
             if labels.size and (labels.min() < 0 or labels.max() >= n_int):
-                raise ValueError(f"Task.{name} has real labels in {labels.min()}..{labels.max()}, but the task has "
-                                 f"{n_int} classes (labels 0..{n_int - 1})")
+                raise ValueError(
+                    f"Task.{name} has real labels in {labels.min()}..{labels.max()}, but the task has "
+                    f"{n_int} classes (labels 0..{n_int - 1})"
+                )
     return (xp.arange(ways) < n).astype(dtype)

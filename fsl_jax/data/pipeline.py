@@ -31,8 +31,10 @@ def _as_source(value: Any, where: str) -> Any:
         return value
     if isinstance(value, (np.ndarray, list, tuple)) or hasattr(value, "__array__"):
         return ArraySource(value, name=where)
-    raise TypeError(f"{where} must be a class source (fj.data.image_folder(...), a [classes, per_class, ...] array or a "
-                    f"list of per-class arrays), got {type(value).__name__}")
+    raise TypeError(
+        f"{where} must be a class source (fj.data.image_folder(...), a [classes, per_class, ...] array or a "
+        f"list of per-class arrays), got {type(value).__name__}"
+    )
 
 
 def _grain():
@@ -92,10 +94,22 @@ class EpisodeLoader:
       ((8, 15, 8, 8, 1), True)
     """
 
-    def __init__(self, sources: Any, ways: Any, shots: int | None = None, queries: int | None = None, *,
-                 seed: int = 0, weights: Sequence[float] | None = None, workers: int = 0, buffer: int = 2,
-                 dtype: Any = np.float32, max_support: int = 500, max_support_per_class: int = 100,
-                 max_query: int = 10):
+    def __init__(
+        self,
+        sources: Any,
+        ways: Any,
+        shots: int | None = None,
+        queries: int | None = None,
+        *,
+        seed: int = 0,
+        weights: Sequence[float] | None = None,
+        workers: int = 0,
+        buffer: int = 2,
+        dtype: Any = np.float32,
+        max_support: int = 500,
+        max_support_per_class: int = 100,
+        max_query: int = 10,
+    ):
         # a list of class sources is several sources; a list of arrays is one source's classes (as for HostSampler):
         # wrap arrays in fj.data.ArraySource to mix several of them
         if isinstance(sources, (list, tuple)) and sources and all(hasattr(s, "load_many") for s in sources):
@@ -103,8 +117,14 @@ class EpisodeLoader:
         else:
             items = [sources]
         self.sources = [_as_source(s, f"sources[{k}]" if len(items) > 1 else "sources") for k, s in enumerate(items)]
-        self.spec = EpisodeSpec.create(ways, shots, queries, max_support=max_support,
-                                       max_support_per_class=max_support_per_class, max_query=max_query)
+        self.spec = EpisodeSpec.create(
+            ways,
+            shots,
+            queries,
+            max_support=max_support,
+            max_support_per_class=max_support_per_class,
+            max_query=max_query,
+        )
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         if not isinstance(workers, (int, np.integer)) or isinstance(workers, bool) or workers < 0:
@@ -115,15 +135,18 @@ class EpisodeLoader:
         self.dtype = np.dtype(dtype)
         shapes = {tuple(s.feature_shape) for s in self.sources}
         if len(shapes) != 1:
-            raise ValueError(f"sources must share one feature shape (resize image folders to one size), got "
-                             f"{[tuple(s.feature_shape) for s in self.sources]}")
+            raise ValueError(
+                f"sources must share one feature shape (resize image folders to one size), got "
+                f"{[tuple(s.feature_shape) for s in self.sources]}"
+            )
         self.feature_shape = shapes.pop()
         need = self.spec.min_examples()
         for k, source in enumerate(self.sources):
             name = f"sources[{k}]" if len(self.sources) > 1 else "sources"
             if self.spec.min_ways > source.num_classes:
-                raise ValueError(f"ways={ways!r} needs {self.spec.min_ways} classes but {name} has "
-                                 f"{source.num_classes}")
+                raise ValueError(
+                    f"ways={ways!r} needs {self.spec.min_ways} classes but {name} has {source.num_classes}"
+                )
             small = np.flatnonzero(np.asarray(source.counts) < need)
             if len(small):
                 c = int(small[0])
@@ -132,14 +155,17 @@ class EpisodeLoader:
                 raise ValueError(
                     f"class {source.class_names[c]!r}{where} of {name} has {int(source.counts[c])} images, fewer "
                     f"than the {need} an episode needs ({len(small)} such classes); drop them with "
-                    f"fj.data.image_folder(..., min_per_class={need}, small_classes='skip')")
+                    f"fj.data.image_folder(..., min_per_class={need}, small_classes='skip')"
+                )
         if weights is None:
             self.weights = np.full(len(self.sources), 1.0 / len(self.sources))
         else:
             w = np.asarray(weights, np.float64)
             if w.shape != (len(self.sources),) or not np.all(np.isfinite(w)) or w.min() < 0 or w.sum() <= 0:
-                raise ValueError(f"weights must be {len(self.sources)} non-negative numbers (one per source) with a "
-                                 f"positive sum, got {weights!r}")
+                raise ValueError(
+                    f"weights must be {len(self.sources)} non-negative numbers (one per source) with a "
+                    f"positive sum, got {weights!r}"
+                )
             self.weights = w / w.sum()
         if self.spec.fixed:
             self.shapes = None
@@ -162,8 +188,9 @@ class EpisodeLoader:
     def episode(self, index: int, j: int) -> dict[str, np.ndarray]:
         """Episode ``j`` of batch ``index`` as a dict of numpy arrays (the fields of a :class:`~fsl_jax.Task`)."""
         rng = np.random.default_rng([self.seed, int(index), int(j)])
-        source = self.sources[0] if len(self.sources) == 1 else self.sources[rng.choice(len(self.sources),
-                                                                                         p=self.weights)]
+        source = (
+            self.sources[0] if len(self.sources) == 1 else self.sources[rng.choice(len(self.sources), p=self.weights)]
+        )
         return build_episode(rng, source, self.spec, self.shapes, self.dtype)
 
     def sample(self, num_tasks: int, index: int = 0, *, start: int = 0, stop: int | None = None) -> Task:
@@ -171,8 +198,14 @@ class EpisodeLoader:
         start, stop = check_rows(num_tasks, start, stop)
         return _stack([self.episode(index, j) for j in range(start, stop)])
 
-    def iterate(self, num_tasks: int, *, start_index: int = 0, start: int = 0, stop: int | None = None,
-                ) -> "EpisodeIterator":
+    def iterate(
+        self,
+        num_tasks: int,
+        *,
+        start_index: int = 0,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> "EpisodeIterator":
         """An iterator over batches ``start_index, start_index + 1, ...`` (rows ``start:stop`` of each), built ahead by
         the loader's worker processes. Close it (or use it in a ``with`` block) to stop the workers."""
         start, stop = check_rows(num_tasks, start, stop)
@@ -183,15 +216,23 @@ class EpisodeLoader:
     @property
     def config(self) -> dict:
         """What defines this loader's episodes (stored with checkpoints; ``workers`` is not part of it)."""
-        return {"sampler": "EpisodeLoader", "spec": dataclasses.asdict(self.spec), "seed": self.seed,
-                "weights": [round(float(w), 6) for w in self.weights], "dtype": self.dtype.name,
-                "sources": [s.config for s in self.sources]}
+        return {
+            "sampler": "EpisodeLoader",
+            "spec": dataclasses.asdict(self.spec),
+            "seed": self.seed,
+            "weights": [round(float(w), 6) for w in self.weights],
+            "dtype": self.dtype.name,
+            "sources": [s.config for s in self.sources],
+        }
 
     def __repr__(self) -> str:
-        ways = (self.spec.max_ways if self.spec.min_ways == self.spec.max_ways
-                else (self.spec.min_ways, self.spec.max_ways))
-        return (f"EpisodeLoader(sources={len(self.sources)}, ways={ways}, shots={self.spec.shots}, "
-                f"queries={self.spec.queries}, padded={self.shapes}, seed={self.seed}, workers={self.workers})")
+        ways = (
+            self.spec.max_ways if self.spec.min_ways == self.spec.max_ways else (self.spec.min_ways, self.spec.max_ways)
+        )
+        return (
+            f"EpisodeLoader(sources={len(self.sources)}, ways={ways}, shots={self.spec.shots}, "
+            f"queries={self.spec.queries}, padded={self.shapes}, seed={self.seed}, workers={self.workers})"
+        )
 
 
 def _stack_fields(episodes: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

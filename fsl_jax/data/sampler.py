@@ -45,10 +45,13 @@ def check_rows(num_tasks: Any, start: Any, stop: Any) -> tuple[int, int]:
     """Validates ``num_tasks`` and the row range ``start:stop`` (``stop=None``: to the end) of a batch."""
     _check_count("num_tasks", num_tasks)
     stop = num_tasks if stop is None else stop
-    if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))
-            and 0 <= start < stop <= num_tasks):
-        raise ValueError(f"start and stop must satisfy 0 <= start < stop <= num_tasks={num_tasks}, got "
-                         f"start={start!r}, stop={stop!r}")
+    if not (
+        isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer)) and 0 <= start < stop <= num_tasks
+    ):
+        raise ValueError(
+            f"start and stop must satisfy 0 <= start < stop <= num_tasks={num_tasks}, got "
+            f"start={start!r}, stop={stop!r}"
+        )
     return int(start), int(stop)
 
 
@@ -125,8 +128,14 @@ class DeviceSampler:
     def config(self) -> dict:
         """What defines this sampler's episodes (stored with checkpoints): the episode shape and the data's shape,
         dtype and a fingerprint of its values."""
-        return {"sampler": "DeviceSampler", "ways": self.ways, "shots": self.shots, "queries": self.queries,
-                "dtype": np.dtype(self.dtype).name, "data": describe(self.data)}
+        return {
+            "sampler": "DeviceSampler",
+            "ways": self.ways,
+            "shots": self.shots,
+            "queries": self.queries,
+            "dtype": np.dtype(self.dtype).name,
+            "data": describe(self.data),
+        }
 
     def __repr__(self) -> str:
         return (
@@ -219,9 +228,18 @@ class HostSampler:
     def config(self) -> dict:
         """What defines this sampler's episodes (stored with checkpoints), as :attr:`DeviceSampler.config`."""
         counts = [len(c) for c in self.classes]
-        return {"sampler": "HostSampler", "ways": self.ways, "shots": self.shots, "queries": self.queries,
-                "seed": self.seed, "dtype": np.dtype(self.dtype).name, "classes": len(counts), "examples": sum(counts),
-                "data": describe(self.classes[0]), "last_class": describe(self.classes[-1])}
+        return {
+            "sampler": "HostSampler",
+            "ways": self.ways,
+            "shots": self.shots,
+            "queries": self.queries,
+            "seed": self.seed,
+            "dtype": np.dtype(self.dtype).name,
+            "classes": len(counts),
+            "examples": sum(counts),
+            "data": describe(self.classes[0]),
+            "last_class": describe(self.classes[-1]),
+        }
 
     def __repr__(self) -> str:
         return (

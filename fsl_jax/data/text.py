@@ -37,7 +37,13 @@ from typing import Any, Hashable, NamedTuple, Sequence
 import numpy as np
 
 __all__ = [
-    "TextDataset", "TokenizedClasses", "bbc_news", "few_shot_split", "load_text_file", "sort_labels", "tokenize",
+    "TextDataset",
+    "TokenizedClasses",
+    "bbc_news",
+    "few_shot_split",
+    "load_text_file",
+    "sort_labels",
+    "tokenize",
     "tokenize_classes",
 ]
 
@@ -120,8 +126,11 @@ class TextDataset:
         if missing:
             raise ValueError(f"labels {sorted(map(repr, missing))} are not in label_names={self.label_names}")
         keep = [i for i, label in enumerate(self.labels) if label in wanted]
-        return TextDataset([self.texts[i] for i in keep], [self.labels[i] for i in keep],
-                           tuple(n for n in self.label_names if n in wanted))
+        return TextDataset(
+            [self.texts[i] for i in keep],
+            [self.labels[i] for i in keep],
+            tuple(n for n in self.label_names if n in wanted),
+        )
 
     def fingerprint(self) -> str:
         """A SHA-256 of the texts and labels (keys the tokenisation cache)."""
@@ -372,8 +381,9 @@ def tokenize(texts: Sequence[str], tokenizer: Any, max_length: int) -> tuple[np.
         raise TypeError("texts must be a sequence of strings, got a single str")
     if not texts:
         return np.zeros((0, max_length), np.int32), np.zeros((0, max_length), np.int32)
-    batch = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
-                      return_attention_mask=True)
+    batch = tokenizer(
+        list(texts), padding="max_length", truncation=True, max_length=max_length, return_attention_mask=True
+    )
     ids = np.asarray(batch["input_ids"], np.int32)
     mask = np.asarray(batch["attention_mask"], np.int32)
     return ids, mask
@@ -381,8 +391,10 @@ def tokenize(texts: Sequence[str], tokenizer: Any, max_length: int) -> tuple[np.
 
 def tokenizer_name(tokenizer: Any) -> str:
     """A string identifying a tokenizer for cache keys: class, ``name_or_path``, vocabulary size and pad id."""
-    return (f"{type(tokenizer).__name__}:{getattr(tokenizer, 'name_or_path', '')}:{len(tokenizer)}:"
-            f"{getattr(tokenizer, 'pad_token_id', None)}")
+    return (
+        f"{type(tokenizer).__name__}:{getattr(tokenizer, 'name_or_path', '')}:{len(tokenizer)}:"
+        f"{getattr(tokenizer, 'pad_token_id', None)}"
+    )
 
 
 class TokenizedClasses(NamedTuple):
@@ -468,8 +480,9 @@ def tokenize_classes(
     pad = getattr(tokenizer, "pad_token_id", None)
     if pad is None:
         raise ValueError(f"tokenizer {tokenizer_name(tokenizer)} has no pad_token_id; set tokenizer.pad_token first")
-    digest = hashlib.sha256(
-        f"{tokenizer_name(tokenizer)}|{max_length}|{dataset.fingerprint()}".encode()).hexdigest()[:24]
+    digest = hashlib.sha256(f"{tokenizer_name(tokenizer)}|{max_length}|{dataset.fingerprint()}".encode()).hexdigest()[
+        :24
+    ]
     cached = _TOKENIZED_CACHE.get(digest)
     if cached is not None:
         _TOKENIZED_CACHE.move_to_end(digest)
@@ -486,8 +499,9 @@ def tokenize_classes(
             tmp = file.with_suffix(".tmp.npz")
             np.savez_compressed(tmp, ids=ids_all, mask=mask_all)
             os.replace(tmp, file)
-    result = TokenizedClasses([ids_all[idx] for idx in groups], [mask_all[idx] for idx in groups],
-                              dataset.label_names, int(pad), digest)
+    result = TokenizedClasses(
+        [ids_all[idx] for idx in groups], [mask_all[idx] for idx in groups], dataset.label_names, int(pad), digest
+    )
     _TOKENIZED_CACHE[digest] = result
     while len(_TOKENIZED_CACHE) > _TOKENIZED_CACHE_SIZE:
         _TOKENIZED_CACHE.popitem(last=False)

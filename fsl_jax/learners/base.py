@@ -4,7 +4,6 @@ A learner is a few pure functions (a :class:`Learner`), written for **one** task
 ``jax.vmap``; meta-gradients are ``jax.grad`` of :func:`meta_loss`.
 """
 
-
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -135,12 +134,16 @@ def mse_loss(predictions: Array, targets: Array, mask: Array | None = None, way_
       1.0
     """
     if way_mask is not None:
-        raise ValueError("mse_loss got a way_mask: a task padded to a number of classes (way_mask) needs a "
-                         "classification loss ('xent'); regression has no classes")
+        raise ValueError(
+            "mse_loss got a way_mask: a task padded to a number of classes (way_mask) needs a "
+            "classification loss ('xent'); regression has no classes"
+        )
     predictions, targets = jnp.asarray(predictions), jnp.asarray(targets)
     if targets.ndim == 0 or predictions.size != targets.size:
-        raise ValueError(f"predictions and targets must hold the same number of values with a leading example axis, "
-                         f"got predictions of shape {predictions.shape} and targets of shape {targets.shape}")
+        raise ValueError(
+            f"predictions and targets must hold the same number of values with a leading example axis, "
+            f"got predictions of shape {predictions.shape} and targets of shape {targets.shape}"
+        )
     predictions = jnp.reshape(predictions, targets.shape)
     per_example = jnp.reshape((predictions - targets) ** 2, (targets.shape[0], -1)).mean(axis=1)
     return _weighted_mean(per_example, mask)
@@ -166,8 +169,10 @@ def xent_loss(logits: Array, labels: Array, mask: Array | None = None, way_mask:
     """
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     if logits.ndim < 1 or labels.shape != logits.shape[:-1]:
-        raise ValueError(f"labels must have the shape of logits without its class axis, {logits.shape[:-1]}, got "
-                         f"labels of shape {labels.shape} for logits of shape {logits.shape}")
+        raise ValueError(
+            f"labels must have the shape of logits without its class axis, {logits.shape[:-1]}, got "
+            f"labels of shape {labels.shape} for logits of shape {logits.shape}"
+        )
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
     logp = jax.nn.log_softmax(mask_classes(logits, way_mask), axis=-1)
@@ -194,8 +199,10 @@ def resolve_loss(loss: str | Callable) -> tuple[LossFn, str]:
         if mask is not None:
             raise ValueError("a task with support_mask/query_mask needs loss='mse' or loss='xent', not a callable")
         if way_mask is not None:
-            raise ValueError("a task with a way_mask (padded classes) needs loss='xent', not a callable: a callable "
-                             "(predictions, targets) cannot leave the padded classes out")
+            raise ValueError(
+                "a task with a way_mask (padded classes) needs loss='xent', not a callable: a callable "
+                "(predictions, targets) cannot leave the padded classes out"
+            )
         return loss(predictions, targets)
 
     return user_loss, "regression"

@@ -68,7 +68,9 @@ def _has_reverse_only_rules(jaxpr: Any) -> bool:
             return True
         for value in eqn.params.values():
             for sub in value if isinstance(value, (tuple, list)) else (value,):
-                if (hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns")) and _has_reverse_only_rules(sub):
+                if (hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns")) and _has_reverse_only_rules(
+                    sub
+                ):
                     return True
     return False
 
@@ -159,7 +161,7 @@ def imaml(
 
     def solve_bwd(residuals, v):
         phi, data = residuals
-        grad_support = lambda p: jax.grad(support_loss)(p, data)  # noqa: E731
+        grad_support = lambda p: jax.grad(support_loss)(p, data)
 
         def forward_over_reverse(u):
             return jax.jvp(grad_support, (phi,), (u,))[1]

@@ -56,8 +56,9 @@ def remat_block(remat: Any, steps: int) -> int | None:
         if not 1 <= remat <= steps:
             raise ValueError(f"remat={remat} (a block size) must be between 1 and inner_steps={steps}")
         return remat
-    raise ValueError(f"remat must be False, True, 'step', 'sqrt' or a block size (an int in 1..inner_steps), "
-                     f"got {remat!r}")
+    raise ValueError(
+        f"remat must be False, True, 'step', 'sqrt' or a block size (an int in 1..inner_steps), got {remat!r}"
+    )
 
 
 def _scan_steps(step: Callable, carry: Any, xs: Any, length: int, remat: RematSchedule) -> tuple[Any, Any]:
@@ -69,7 +70,7 @@ def _scan_steps(step: Callable, carry: Any, xs: Any, length: int, remat: RematSc
     if block is None:
         return jax.lax.scan(step, carry, xs, length=length)
     blocks, rest = divmod(length, block)
-    split = lambda x, a, b: jax.tree_util.tree_map(lambda v: v[a:b], x)  # noqa: E731
+    split = lambda x, a, b: jax.tree_util.tree_map(lambda v: v[a:b], x)
     head_xs = jax.tree_util.tree_map(lambda v: v[: blocks * block].reshape((blocks, block) + v.shape[1:]), xs)
 
     @jax.checkpoint
@@ -138,8 +139,15 @@ def _is_norm(path: tuple) -> bool:
     return any("norm" in str(part).lower() for part in path[:-1])
 
 
-def _check_plus_plus(first_order: bool, inner_steps: int, per_step_lr: bool, multi_step_loss: Any,
-                     per_step_norm: bool, first_order_steps: Any, learn_lr: bool) -> None:
+def _check_plus_plus(
+    first_order: bool,
+    inner_steps: int,
+    per_step_lr: bool,
+    multi_step_loss: Any,
+    per_step_norm: bool,
+    first_order_steps: Any,
+    learn_lr: bool,
+) -> None:
     for name, value in (("per_step_lr", per_step_lr), ("per_step_norm", per_step_norm)):
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be a bool, got {value!r}")
@@ -147,14 +155,20 @@ def _check_plus_plus(first_order: bool, inner_steps: int, per_step_lr: bool, mul
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be a non-negative int (meta-steps; 0 turns it off), got {value!r}")
     if first_order and first_order_steps:
-        raise ValueError(f"first_order_steps={first_order_steps} (first order for the first meta-steps, then second "
-                         f"order) contradicts first_order=True (first order throughout): use one of them")
+        raise ValueError(
+            f"first_order_steps={first_order_steps} (first order for the first meta-steps, then second "
+            f"order) contradicts first_order=True (first order throughout): use one of them"
+        )
     if multi_step_loss and inner_steps < 2:
-        raise ValueError(f"multi_step_loss={multi_step_loss} weights the query loss after each inner step, so it "
-                         f"needs inner_steps >= 2, got inner_steps={inner_steps}")
+        raise ValueError(
+            f"multi_step_loss={multi_step_loss} weights the query loss after each inner step, so it "
+            f"needs inner_steps >= 2, got inner_steps={inner_steps}"
+        )
     if per_step_lr and learn_lr:
-        raise ValueError("per_step_lr=True (one learned rate per layer and step) contradicts Meta-SGD's learned rate "
-                         "per parameter element: use one of them")
+        raise ValueError(
+            "per_step_lr=True (one learned rate per layer and step) contradicts Meta-SGD's learned rate "
+            "per parameter element: use one of them"
+        )
 
 
 def _make(
@@ -175,8 +189,7 @@ def _make(
 ) -> Learner:
     _check_common(model, inner_lr, inner_steps)
     remat_block(remat, inner_steps)
-    _check_plus_plus(first_order, inner_steps, per_step_lr, multi_step_loss, per_step_norm, first_order_steps,
-                     learn_lr)
+    _check_plus_plus(first_order, inner_steps, per_step_lr, multi_step_loss, per_step_norm, first_order_steps, learn_lr)
     loss_fn, kind = resolve_loss(loss)
     heads: tuple[str, ...] | None = None
     if head is not None:
@@ -208,8 +221,10 @@ def _make(
         fast, _, norm = split(dict(variables["params"]))
         if per_step_norm:
             if not norm:
-                raise ValueError(f"per_step_norm=True needs normalisation parameters (a module whose name contains "
-                                 f"'norm'), found none in {sorted('/'.join(map(str, k)) for k in fast)[:6]}")
+                raise ValueError(
+                    f"per_step_norm=True needs normalisation parameters (a module whose name contains "
+                    f"'norm'), found none in {sorted('/'.join(map(str, k)) for k in fast)[:6]}"
+                )
             flat = traverse_util.flatten_dict(dict(variables["params"]))
             for path, leaf in norm.items():  # one set per number of updates taken: 0..inner_steps
                 flat[path] = jnp.broadcast_to(leaf, (inner_steps + 1,) + leaf.shape)
@@ -259,9 +274,12 @@ def _make(
         del key
         trajectory = bool(multi_step_loss) and step is not None
         if first_order_steps and step is not None:
-            return jax.lax.cond(step < first_order_steps,
-                                lambda p: run(p, task, True, trajectory),
-                                lambda p: run(p, task, False, trajectory), params)
+            return jax.lax.cond(
+                step < first_order_steps,
+                lambda p: run(p, task, True, trajectory),
+                lambda p: run(p, task, False, trajectory),
+                params,
+            )
         return run(params, task, first_order, trajectory)
 
     def final(adapted):
@@ -291,8 +309,16 @@ def _make(
 
             return jax.lax.cond(step < multi_step_loss, weighted, lambda _: jnp.zeros(()), None)
 
-    return Learner(init=init, adapt=adapt, predict=predict, loss=loss_fn, kind=kind, name=name,
-                   extra_loss=extra_loss, uses_step=uses_step)
+    return Learner(
+        init=init,
+        adapt=adapt,
+        predict=predict,
+        loss=loss_fn,
+        kind=kind,
+        name=name,
+        extra_loss=extra_loss,
+        uses_step=uses_step,
+    )
 
 
 def msl_weights(step: Array, inner_steps: int, anneal_steps: int) -> Array:
@@ -380,9 +406,21 @@ def maml(
     """
     plus_plus = per_step_lr or multi_step_loss or per_step_norm or first_order_steps
     name = "maml++" if plus_plus else "fomaml" if first_order else "maml"
-    return _make(model, loss, inner_lr, inner_steps, first_order=first_order, remat=remat, head=None,
-                 learn_lr=False, name=name, per_step_lr=per_step_lr,
-                 multi_step_loss=multi_step_loss, per_step_norm=per_step_norm, first_order_steps=first_order_steps)
+    return _make(
+        model,
+        loss,
+        inner_lr,
+        inner_steps,
+        first_order=first_order,
+        remat=remat,
+        head=None,
+        learn_lr=False,
+        name=name,
+        per_step_lr=per_step_lr,
+        multi_step_loss=multi_step_loss,
+        per_step_norm=per_step_norm,
+        first_order_steps=first_order_steps,
+    )
 
 
 @records_config
@@ -409,8 +447,9 @@ def anil(
       >>> learner.name, learner.kind
       ('anil', 'classification')
     """
-    return _make(model, loss, inner_lr, inner_steps, first_order=first_order, remat=remat, head=head,
-                 learn_lr=False, name="anil")
+    return _make(
+        model, loss, inner_lr, inner_steps, first_order=first_order, remat=remat, head=head, learn_lr=False, name="anil"
+    )
 
 
 @records_config
@@ -437,5 +476,14 @@ def meta_sgd(
       >>> round(float(params["inner_lr"]["head"]["bias"][0]), 4)  # starts at inner_lr
       0.01
     """
-    return _make(model, loss, inner_lr, inner_steps, first_order=first_order, remat=remat, head=None,
-                 learn_lr=True, name="meta_sgd")
+    return _make(
+        model,
+        loss,
+        inner_lr,
+        inner_steps,
+        first_order=first_order,
+        remat=remat,
+        head=None,
+        learn_lr=True,
+        name="meta_sgd",
+    )

@@ -62,8 +62,9 @@ class FullContextEmbedding(nn.Module):
         # backward LSTM starts from the last real row, and no padded row reaches a real row's state.
         order = jnp.argsort(~real, stable=True)
         lengths = jnp.sum(real, dtype=jnp.int32)[None]
-        context = self.bilstm(jnp.where(real[:, None], g, 0)[order][None], initial_carry=initial,
-                              seq_lengths=lengths)[0]
+        context = self.bilstm(jnp.where(real[:, None], g, 0)[order][None], initial_carry=initial, seq_lengths=lengths)[
+            0
+        ]
         return g + context[jnp.argsort(order)]
 
     def query(self, f: Array, g: Array, mask: Array | None = None) -> Array:
@@ -178,5 +179,11 @@ def matching_net(
         attention = _attention(f, adapted["support"], adapted["mask"], temperature)
         return jnp.log(jnp.maximum(attention @ adapted["labels"], eps))
 
-    return Learner(init=init, adapt=adapt, predict=predict, loss=xent_loss, kind="classification",
-                   name="matching_net_fce" if fce else "matching_net")
+    return Learner(
+        init=init,
+        adapt=adapt,
+        predict=predict,
+        loss=xent_loss,
+        kind="classification",
+        name="matching_net_fce" if fce else "matching_net",
+    )

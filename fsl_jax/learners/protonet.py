@@ -42,8 +42,10 @@ def check_module(name: str, module: Any) -> nn.Module:
 
 def check_positive(name: str, value: Any) -> float:
     """Returns ``value`` as a float, or raises ``ValueError`` unless it is a finite number > 0."""
-    if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool) or not (
-        np.isfinite(value) and value > 0
+    if (
+        not isinstance(value, (int, float, np.integer, np.floating))
+        or isinstance(value, bool)
+        or not (np.isfinite(value) and value > 0)
     ):
         raise ValueError(f"{name} must be a positive number, got {value!r}")
     return float(value)
@@ -63,8 +65,9 @@ def class_weights(labels: Array, ways: int, mask: Array | None = None, dtype: An
     return onehot
 
 
-def class_prototypes(embeddings: Array, labels: Array, ways: int, mask: Array | None = None,
-                     reduce: str = "mean") -> Array:
+def class_prototypes(
+    embeddings: Array, labels: Array, ways: int, mask: Array | None = None, reduce: str = "mean"
+) -> Array:
     """Per-class mean (or sum) of embeddings.
 
     Args:

@@ -104,7 +104,8 @@ class RelationModule(nn.Module):
         x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x))
         # float32 at least (bfloat16 compute gives float32 scores), float64 when computing in float64.
         return nn.sigmoid(nn.Dense(1, dtype=self.dtype, name="fc2")(x))[:, 0].astype(
-            jnp.promote_types(self.dtype, jnp.float32))
+            jnp.promote_types(self.dtype, jnp.float32)
+        )
 
 
 def relation_pairs(queries: Array, prototypes: Array) -> Array:
@@ -124,8 +125,9 @@ def relation_pairs(queries: Array, prototypes: Array) -> Array:
     return pairs.reshape((n * ways,) + pairs.shape[2:])
 
 
-def relation_mse_loss(predictions: Array, labels: Array, mask: Array | None = None,
-                      way_mask: Array | None = None) -> Array:
+def relation_mse_loss(
+    predictions: Array, labels: Array, mask: Array | None = None, way_mask: Array | None = None
+) -> Array:
     """Mean squared error between relation scores ``[n, ways]`` and the one-hot of integer ``labels`` ``[n]``.
 
     Per example, the mean over the classes (only those whose ``way_mask`` entry is 1, when given: padded classes
@@ -142,8 +144,10 @@ def relation_mse_loss(predictions: Array, labels: Array, mask: Array | None = No
     """
     predictions, labels = jnp.asarray(predictions), jnp.asarray(labels)
     if predictions.ndim < 1 or labels.shape != predictions.shape[:-1]:
-        raise ValueError(f"relation_mse_loss needs scores [n, ways] and labels [n], got scores of shape "
-                         f"{predictions.shape} and labels of shape {labels.shape}")
+        raise ValueError(
+            f"relation_mse_loss needs scores [n, ways] and labels [n], got scores of shape "
+            f"{predictions.shape} and labels of shape {labels.shape}"
+        )
     targets = jax.nn.one_hot(labels, predictions.shape[-1], dtype=predictions.dtype)
     squared = jnp.square(predictions - targets)
     if way_mask is None:
@@ -224,5 +228,6 @@ def relation_net(
         scores = relation_module.apply(params["relation"], relation_pairs(queries, prototypes))
         return scores.reshape(x.shape[0], ways)
 
-    return Learner(init=init, adapt=adapt, predict=predict, loss=relation_mse_loss, kind="classification",
-                   name="relation_net")
+    return Learner(
+        init=init, adapt=adapt, predict=predict, loss=relation_mse_loss, kind="classification", name="relation_net"
+    )

@@ -51,7 +51,8 @@ def reptile(
         adapted = jax.lax.stop_gradient(base.adapt(params, task, key))
         grads = {
             name: jax.tree_util.tree_map(lambda p, a: p - a, tree, adapted[name])
-            if name == "params" else jax.tree_util.tree_map(jnp.zeros_like, tree)
+            if name == "params"
+            else jax.tree_util.tree_map(jnp.zeros_like, tree)
             for name, tree in params.items()
         }
         predictions = base.predict(params, adapted, task.query_x)

@@ -140,8 +140,10 @@ def siamese(
     margin = check_positive("margin", margin)
     if pairs is not None and (not isinstance(pairs, (int, np.integer)) or isinstance(pairs, bool) or pairs < 2):
         raise ValueError(f"pairs must be None or an int >= 2, got {pairs!r}")
-    if not isinstance(query_loss_weight, (int, float)) or isinstance(query_loss_weight, bool) or not (
-        np.isfinite(query_loss_weight) and query_loss_weight >= 0
+    if (
+        not isinstance(query_loss_weight, (int, float))
+        or isinstance(query_loss_weight, bool)
+        or not (np.isfinite(query_loss_weight) and query_loss_weight >= 0)
     ):
         raise ValueError(f"query_loss_weight must be a number >= 0, got {query_loss_weight!r}")
 
@@ -160,10 +162,15 @@ def siamese(
         z = jnp.concatenate([adapted["support"], embed(encoder, params, task.query_x)])
         y = jnp.concatenate([task.support_y, task.query_y]).astype(jnp.int32)
         n_s, n_q = task.support_y.shape[0], task.query_y.shape[0]
-        valid = jnp.concatenate([
-            jnp.ones(n_s) if task.support_mask is None else task.support_mask.astype(jnp.float32),
-            jnp.ones(n_q) if task.query_mask is None else task.query_mask.astype(jnp.float32),
-        ]) > 0
+        valid = (
+            jnp.concatenate(
+                [
+                    jnp.ones(n_s) if task.support_mask is None else task.support_mask.astype(jnp.float32),
+                    jnp.ones(n_q) if task.query_mask is None else task.query_mask.astype(jnp.float32),
+                ]
+            )
+            > 0
+        )
         sq = sqeuclidean(z, z)
         same = y[:, None] == y[None, :]
         allowed = valid[:, None] & valid[None, :] & ~jnp.eye(y.shape[0], dtype=bool)
@@ -186,5 +193,12 @@ def siamese(
         pair_same = jnp.arange(2 * half) < half
         return contrastive_loss(sq[anchors, partners], pair_same, margin, weights)
 
-    return Learner(init=init, adapt=adapt, predict=predict, loss=_scaled_gradient(xent_loss, float(query_loss_weight)),
-                   kind="classification", name="siamese", extra_loss=extra_loss)
+    return Learner(
+        init=init,
+        adapt=adapt,
+        predict=predict,
+        loss=_scaled_gradient(xent_loss, float(query_loss_weight)),
+        kind="classification",
+        name="siamese",
+        extra_loss=extra_loss,
+    )

@@ -106,9 +106,7 @@ def gaussian_kl(mean1: Array, log_var1: Array, mean2: Array, log_var2: Array) ->
 
 def gaussian_log_density(z: Array, mean: Array, log_var: Array) -> Array:
     """``log N(z; mean, exp(log_var))`` for a diagonal Gaussian, summed over the last axis."""
-    return -0.5 * jnp.sum(
-        math.log(2 * math.pi) + log_var + jnp.square(z - mean) * jnp.exp(-log_var), axis=-1
-    )
+    return -0.5 * jnp.sum(math.log(2 * math.pi) + log_var + jnp.square(z - mean) * jnp.exp(-log_var), axis=-1)
 
 
 def product_of_gaussians(mean: Array, log_var: Array, weights: Array) -> tuple[Array, Array]:
@@ -224,8 +222,10 @@ def cvae_classifier(
     if likelihood not in LIKELIHOODS:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     obs_std = check_positive("obs_std", obs_std)
-    if not isinstance(elbo_weight, (int, float)) or isinstance(elbo_weight, bool) or not (
-        np.isfinite(elbo_weight) and elbo_weight >= 0
+    if (
+        not isinstance(elbo_weight, (int, float))
+        or isinstance(elbo_weight, bool)
+        or not (np.isfinite(elbo_weight) and elbo_weight >= 0)
     ):
         raise ValueError(f"elbo_weight must be a number >= 0, got {elbo_weight!r}")
 
@@ -306,5 +306,12 @@ def cvae_classifier(
             mask = jnp.concatenate([jnp.ones(n) if m is None else m.astype(jnp.float32) for m, n in zip(masks, sizes)])
         return elbo_weight * negative_elbo(params, x, mask, key)
 
-    return Learner(init=init, adapt=adapt, predict=predict, loss=xent_loss, kind="classification",
-                   name="cvae_classifier", extra_loss=extra_loss)
+    return Learner(
+        init=init,
+        adapt=adapt,
+        predict=predict,
+        loss=xent_loss,
+        kind="classification",
+        name="cvae_classifier",
+        extra_loss=extra_loss,
+    )

@@ -21,38 +21,92 @@ from fsl_jax.llm.distill import distill  # eager: `distill` is also the name of 
 
 if _TYPE_CHECKING:  # what the lazy table below resolves to, for type checkers and IDEs
     from fsl_jax.llm.augment import (
-        Augmenter, EmbeddingReplacement, RandomDeletion, RandomInsertion, RandomSwap, Rewrite, eda, token_embedding_matrix,
+        Augmenter,
+        EmbeddingReplacement,
+        RandomDeletion,
+        RandomInsertion,
+        RandomSwap,
+        Rewrite,
+        eda,
+        token_embedding_matrix,
     )
     from fsl_jax.llm.distill import agreement, distill_loss, kl_divergence
     from fsl_jax.llm.finetune import FewShotTextClassifier
     from fsl_jax.llm.icl import (  # noqa: F401 - ICLResult is importable from here, not in __all__
-        ICLResult, ICLTransformer, evaluate_icl, gaussian_episodes, icl_learner, meta_train_icl,
+        ICLResult,
+        ICLTransformer,
+        evaluate_icl,
+        gaussian_episodes,
+        icl_learner,
+        meta_train_icl,
     )
     from fsl_jax.llm.lm_finetune import LMFinetuneClassifier
     from fsl_jax.llm.text_models import BertClassifier, BertEncoder
     from fsl_jax.llm.prompting import (  # noqa: F401 - PromptSearchResult too
-        PromptClassifier, PromptSearchResult, Template, Verbalizer, generate_text, sentence_embed_fn,
+        PromptClassifier,
+        PromptSearchResult,
+        Template,
+        Verbalizer,
+        generate_text,
+        sentence_embed_fn,
     )
 
 __getattr__, __dir__ = _lazy(
-    __name__, globals(),
+    __name__,
+    globals(),
     submodules=[],
     attributes={
-        "augment": ["Augmenter", "EmbeddingReplacement", "RandomDeletion", "RandomInsertion", "RandomSwap", "Rewrite", "eda",
-                    "token_embedding_matrix"],
+        "augment": [
+            "Augmenter",
+            "EmbeddingReplacement",
+            "RandomDeletion",
+            "RandomInsertion",
+            "RandomSwap",
+            "Rewrite",
+            "eda",
+            "token_embedding_matrix",
+        ],
         "distill": ["agreement", "distill_loss", "kl_divergence"],
         "finetune": ["FewShotTextClassifier"],
         "icl": ["ICLResult", "ICLTransformer", "evaluate_icl", "gaussian_episodes", "icl_learner", "meta_train_icl"],
         "lm_finetune": ["LMFinetuneClassifier"],
         "text_models": ["BertClassifier", "BertEncoder"],
-        "prompting": ["PromptClassifier", "PromptSearchResult", "Template", "Verbalizer", "generate_text",
-                      "sentence_embed_fn"],
+        "prompting": [
+            "PromptClassifier",
+            "PromptSearchResult",
+            "Template",
+            "Verbalizer",
+            "generate_text",
+            "sentence_embed_fn",
+        ],
     },
 )
 
 __all__ = [
-    "Augmenter", "BertClassifier", "BertEncoder", "EmbeddingReplacement", "FewShotTextClassifier", "ICLTransformer", "LMFinetuneClassifier",
-    "PromptClassifier", "RandomDeletion", "RandomInsertion", "RandomSwap", "Rewrite", "Template",
-    "Verbalizer", "agreement", "distill", "distill_loss", "eda", "evaluate_icl", "gaussian_episodes", "generate_text",
-    "icl_learner", "kl_divergence", "meta_train_icl", "sentence_embed_fn", "token_embedding_matrix",
+    "Augmenter",
+    "BertClassifier",
+    "BertEncoder",
+    "EmbeddingReplacement",
+    "FewShotTextClassifier",
+    "ICLTransformer",
+    "LMFinetuneClassifier",
+    "PromptClassifier",
+    "RandomDeletion",
+    "RandomInsertion",
+    "RandomSwap",
+    "Rewrite",
+    "Template",
+    "Verbalizer",
+    "agreement",
+    "distill",
+    "distill_loss",
+    "eda",
+    "evaluate_icl",
+    "gaussian_episodes",
+    "generate_text",
+    "icl_learner",
+    "kl_divergence",
+    "meta_train_icl",
+    "sentence_embed_fn",
+    "token_embedding_matrix",
 ]

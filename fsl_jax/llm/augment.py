@@ -28,8 +28,16 @@ from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
-__all__ = ["Augmenter", "EmbeddingReplacement", "RandomDeletion", "RandomInsertion", "RandomSwap", "Rewrite",
-           "eda", "token_embedding_matrix"]
+__all__ = [
+    "Augmenter",
+    "EmbeddingReplacement",
+    "RandomDeletion",
+    "RandomInsertion",
+    "RandomSwap",
+    "Rewrite",
+    "eda",
+    "token_embedding_matrix",
+]
 
 
 def _check_fraction(name: str, value: Any) -> float:
@@ -135,8 +143,11 @@ def token_embedding_matrix(params: Any) -> np.ndarray:
     """The token embedding matrix ``[vocab, dim]`` of GPT-2 (``wte``) or BERT (``embeddings/word_embeddings``)
     variables, as returned by :func:`fsl_jax.models.from_pretrained`."""
     tree = params.get("params", params) if isinstance(params, dict) else params
-    for path in (("wte", "embedding"), ("embeddings", "word_embeddings", "embedding"),
-                 ("bert", "embeddings", "word_embeddings", "embedding")):
+    for path in (
+        ("wte", "embedding"),
+        ("embeddings", "word_embeddings", "embedding"),
+        ("bert", "embeddings", "word_embeddings", "embedding"),
+    ):
         node = tree
         try:
             for k in path:
@@ -144,8 +155,9 @@ def token_embedding_matrix(params: Any) -> np.ndarray:
         except (KeyError, TypeError):
             continue
         return np.asarray(node, np.float32)
-    raise ValueError("params has no token embedding matrix (expected wte/embedding or "
-                     "embeddings/word_embeddings/embedding)")
+    raise ValueError(
+        "params has no token embedding matrix (expected wte/embedding or embeddings/word_embeddings/embedding)"
+    )
 
 
 class EmbeddingReplacement:
@@ -173,8 +185,15 @@ class EmbeddingReplacement:
         'the striker scores a late goal'
     """
 
-    def __init__(self, embeddings: Any, tokenizer: Any, p: float = 0.1, top_k: int = 5, min_length: int = 3,
-                 stopwords: Sequence[str] = ()):
+    def __init__(
+        self,
+        embeddings: Any,
+        tokenizer: Any,
+        p: float = 0.1,
+        top_k: int = 5,
+        min_length: int = 3,
+        stopwords: Sequence[str] = (),
+    ):
         self.p = _check_fraction("p", p)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
@@ -286,8 +305,15 @@ class Augmenter:
         ['a quiet day in markets', 'a quiet markets the day in the markets', 'a quiet day the markets']
     """
 
-    def __init__(self, ops: Sequence[Callable[[str, np.random.Generator], str]] = (), n_aug: int = 4, seed: int = 0,
-                 mode: str = "one", rewrite_fn: Callable[[str], str] | None = None, keep_original: bool = True):
+    def __init__(
+        self,
+        ops: Sequence[Callable[[str, np.random.Generator], str]] = (),
+        n_aug: int = 4,
+        seed: int = 0,
+        mode: str = "one",
+        rewrite_fn: Callable[[str], str] | None = None,
+        keep_original: bool = True,
+    ):
         ops = list(ops)
         if rewrite_fn is not None:
             ops.append(Rewrite(rewrite_fn))
@@ -303,8 +329,9 @@ class Augmenter:
         self.ops, self.n_aug, self.seed, self.mode = ops, n_aug, int(seed), mode
         self.keep_original = bool(keep_original)
 
-    def __call__(self, texts: Sequence[str], labels: Sequence[Hashable],
-                 rng: np.random.Generator | None = None) -> tuple[list[str], list]:
+    def __call__(
+        self, texts: Sequence[str], labels: Sequence[Hashable], rng: np.random.Generator | None = None
+    ) -> tuple[list[str], list]:
         texts, labels = list(texts), list(labels)
         if len(texts) != len(labels):
             raise ValueError(f"texts and labels differ in length: {len(texts)} vs {len(labels)}")

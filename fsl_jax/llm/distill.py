@@ -61,8 +61,14 @@ def agreement(teacher_logits: Array, student_logits: Array) -> float:
     return float(jnp.mean(jnp.argmax(teacher_logits, -1) == jnp.argmax(student_logits, -1)))
 
 
-def distill_loss(student_logits: Array, teacher_logits: Array, labels: Array | None = None, *,
-                 temperature: float = 2.0, alpha: float = 0.5) -> tuple[Array, dict]:
+def distill_loss(
+    student_logits: Array,
+    teacher_logits: Array,
+    labels: Array | None = None,
+    *,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+) -> tuple[Array, dict]:
     """The distillation objective on one batch (see the module docstring).
 
     Args:
@@ -81,12 +87,12 @@ def distill_loss(student_logits: Array, teacher_logits: Array, labels: Array | N
     """
     kl = jnp.mean(kl_divergence(teacher_logits, student_logits, temperature))
     if labels is None:
-        return temperature ** 2 * kl, {"kl": kl, "xent": jnp.zeros(())}
+        return temperature**2 * kl, {"kl": kl, "xent": jnp.zeros(())}
     labelled = (labels >= 0).astype(jnp.float32)
     logp = jax.nn.log_softmax(student_logits, axis=-1)
     nll = -jnp.take_along_axis(logp, jnp.maximum(labels, 0)[:, None].astype(jnp.int32), axis=-1)[:, 0]
     xent = jnp.sum(nll * labelled) / jnp.maximum(jnp.sum(labelled), 1.0)
-    return alpha * temperature ** 2 * kl + (1.0 - alpha) * xent, {"kl": kl, "xent": xent}
+    return alpha * temperature**2 * kl + (1.0 - alpha) * xent, {"kl": kl, "xent": xent}
 
 
 def _as_tuple(inputs: Any) -> tuple:
@@ -100,7 +106,7 @@ def teacher_logits(teacher_apply: Callable[..., Array], inputs: Any, batch_size:
     n = int(np.shape(arrays[0])[0])
     out = []
     for start in range(0, n, batch_size):
-        chunk = [np.asarray(a[start: start + batch_size]) for a in arrays]
+        chunk = [np.asarray(a[start : start + batch_size]) for a in arrays]
         short = batch_size - chunk[0].shape[0]
         if short and n > batch_size:
             chunk = [np.concatenate([c, np.repeat(c[:1], short, 0)]) for c in chunk]
@@ -183,11 +189,15 @@ def distill(
     try:
         out = jax.eval_shape(apply, student_params, *(a[:1] for a in arrays))
     except Exception as e:  # noqa: BLE001 - any failure here is a model / input mismatch
-        raise ValueError(f"student cannot be applied to inputs of shapes {[a.shape for a in arrays]}: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise ValueError(
+            f"student cannot be applied to inputs of shapes {[a.shape for a in arrays]}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        ) from None
     if getattr(out, "shape", None) != (1, targets.shape[1]):
-        raise ValueError(f"student logits must be [batch, {targets.shape[1]}] like the teacher's, got shape "
-                         f"{getattr(out, 'shape', None)} for one input")
+        raise ValueError(
+            f"student logits must be [batch, {targets.shape[1]}] like the teacher's, got shape "
+            f"{getattr(out, 'shape', None)} for one input"
+        )
     optimizer = optimizer if optimizer is not None else optax.adam(learning_rate)
     params = jax.tree_util.tree_map(jnp.array, student_params)
     opt_state = optimizer.init(params)
@@ -201,8 +211,9 @@ def distill(
 
         def loss_fn(p):
             logits = apply(p, *batch).astype(jnp.float32)
-            return distill_loss(logits, targets[idx], labels[idx] if has_labels else None,
-                                temperature=temperature, alpha=alpha)
+            return distill_loss(
+                logits, targets[idx], labels[idx] if has_labels else None, temperature=temperature, alpha=alpha
+            )
 
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)

@@ -105,8 +105,10 @@ def _xent(logits, labels):
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
 def _fit_logreg(x, y, num_classes: int, steps: int, learning_rate, l2):
     """Multinomial logistic regression: mean cross-entropy + ``l2 * ||W||^2``, full-batch Adam for ``steps``."""
-    params = {"kernel": jnp.zeros((x.shape[1], num_classes), jnp.float32),
-              "bias": jnp.zeros((num_classes,), jnp.float32)}
+    params = {
+        "kernel": jnp.zeros((x.shape[1], num_classes), jnp.float32),
+        "bias": jnp.zeros((num_classes,), jnp.float32),
+    }
     tx = optax.adam(learning_rate)
 
     def loss(p):
@@ -125,7 +127,8 @@ def _fit_logreg(x, y, num_classes: int, steps: int, learning_rate, l2):
 def _schedule(peak: float, steps: int, warmup_fraction: float = 0.1) -> optax.Schedule:
     warmup = max(1, int(round(steps * warmup_fraction)))
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, peak, warmup), optax.linear_schedule(peak, 0.0, max(1, steps - warmup))], [warmup])
+        [optax.linear_schedule(0.0, peak, warmup), optax.linear_schedule(peak, 0.0, max(1, steps - warmup))], [warmup]
+    )
 
 
 def _decay_mask(params):
@@ -137,8 +140,14 @@ def _adamw(peak: float, steps: int, weight_decay: float) -> optax.GradientTransf
 
 
 @functools.lru_cache(maxsize=8)
-def _finetune_fns(module: BertClassifier, learning_rate: float, head_learning_rate: float, weight_decay: float,
-                  steps: int, dropout: bool):
+def _finetune_fns(
+    module: BertClassifier,
+    learning_rate: float,
+    head_learning_rate: float,
+    weight_decay: float,
+    steps: int,
+    dropout: bool,
+):
     tx = optax.multi_transform(
         {"bert": _adamw(learning_rate, steps, weight_decay), "head": _adamw(head_learning_rate, steps, weight_decay)},
         lambda p: {k: jax.tree_util.tree_map(lambda _: k, v) for k, v in p.items()},
@@ -161,8 +170,15 @@ def _finetune_fns(module: BertClassifier, learning_rate: float, head_learning_ra
     return tx, jax.jit(step, donate_argnums=(0,)), jax.jit(evaluate)
 
 
-def sample_pairs(key: jax.Array, codes: jax.Array, order: jax.Array, rank: jax.Array, starts: jax.Array,
-                 counts: jax.Array, num_pairs: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+def sample_pairs(
+    key: jax.Array,
+    codes: jax.Array,
+    order: jax.Array,
+    rank: jax.Array,
+    starts: jax.Array,
+    counts: jax.Array,
+    num_pairs: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Samples ``num_pairs`` (anchor, partner) index pairs, half same-class and half different-class, in O(n + pairs)
     memory (jittable; no n x n structure is ever built).
 
@@ -218,8 +234,16 @@ def _class_index(codes: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.nd
 
 
 @functools.lru_cache(maxsize=8)
-def _setfit_fns(encoder: BertEncoder, learning_rate: float, weight_decay: float, steps: int, num_pairs: int,
-                loss: str, margin: float, dropout: bool):
+def _setfit_fns(
+    encoder: BertEncoder,
+    learning_rate: float,
+    weight_decay: float,
+    steps: int,
+    num_pairs: int,
+    loss: str,
+    margin: float,
+    dropout: bool,
+):
     tx = _adamw(learning_rate, steps, weight_decay)
 
     def pair_loss(params, ids_all, a, b, target, key):
@@ -229,7 +253,7 @@ def _setfit_fns(encoder: BertEncoder, learning_rate: float, weight_decay: float,
         if loss == "cosine":
             return jnp.mean((cos - target) ** 2)
         distance = 1.0 - cos
-        return jnp.mean(0.5 * (target * distance ** 2 + (1 - target) * jax.nn.relu(margin - distance) ** 2))
+        return jnp.mean(0.5 * (target * distance**2 + (1 - target) * jax.nn.relu(margin - distance) ** 2))
 
     def step(state, ids_all, codes, order, rank, starts, counts, key):
         params, opt_state = state
@@ -243,8 +267,9 @@ def _setfit_fns(encoder: BertEncoder, learning_rate: float, weight_decay: float,
 
 
 @functools.lru_cache(maxsize=8)
-def _meta_fns(kind: str, module: Any, ways: int, learning_rate: float, inner_lr: float, inner_steps: int,
-              temperature: float):
+def _meta_fns(
+    kind: str, module: Any, ways: int, learning_rate: float, inner_lr: float, inner_steps: int, temperature: float
+):
     import fsl_jax as fj
 
     if kind == "protonet":
@@ -300,7 +325,8 @@ def _check_labels(texts: list[str], labels: Any, texts_name: str = "texts", labe
         raise TypeError(f"{labels_name} must be a sequence of labels, got {type(labels).__name__}") from None
     if len(labels) != len(texts):
         raise ValueError(
-            f"len({labels_name})={len(labels)} does not match len({texts_name})={len(texts)}: give one label per text")
+            f"len({labels_name})={len(labels)} does not match len({texts_name})={len(texts)}: give one label per text"
+        )
     out = []
     for i, label in enumerate(labels):
         if isinstance(label, np.generic):
@@ -452,8 +478,10 @@ class FewShotTextClassifier:
         if setfit_loss not in SETFIT_LOSSES:
             raise ValueError(f"setfit_loss must be one of {SETFIT_LOSSES}, got {setfit_loss!r}")
         if augment is not None and not callable(augment):
-            raise TypeError(f"augment must be None or a callable (texts, labels, rng) -> (texts, labels), got "
-                            f"{type(augment).__name__}")
+            raise TypeError(
+                f"augment must be None or a callable (texts, labels, rng) -> (texts, labels), got "
+                f"{type(augment).__name__}"
+            )
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
             raise ValueError(f"seed must be an int, got {seed!r}")
         from fsl_jax.models.hub import resolve_model_folder
@@ -546,8 +574,15 @@ class FewShotTextClassifier:
 
     # ------------------------------------------------------------------ features
 
-    def _features(self, bert_params: Any, texts: Sequence[str], ids: np.ndarray | None = None, *,
-                  normalize: bool = True, desc: str = "embed") -> np.ndarray:
+    def _features(
+        self,
+        bert_params: Any,
+        texts: Sequence[str],
+        ids: np.ndarray | None = None,
+        *,
+        normalize: bool = True,
+        desc: str = "embed",
+    ) -> np.ndarray:
         """``[n, hidden]`` float32 pooled features; cached per text for the pretrained encoder."""
         bb = self._backbone()
         pretrained = bert_params is None
@@ -578,7 +613,7 @@ class FewShotTextClassifier:
                 ids_todo = np.concatenate([ids_todo, fill])
             chunks = []
             for s in progress(range(0, padded, bs), desc=desc, disable=not self.progress, leave=False):
-                chunks.append(fn(params, jnp.asarray(ids_todo[s:s + bs])))
+                chunks.append(fn(params, jnp.asarray(ids_todo[s : s + bs])))
             feats = np.asarray(jnp.concatenate(chunks))[:total]
             for j, i in enumerate(todo):
                 out[i] = feats[j]
@@ -601,8 +636,14 @@ class FewShotTextClassifier:
 
     # ------------------------------------------------------------------ fit
 
-    def fit(self, texts: Sequence[str], labels: Sequence[Hashable], *, meta_texts: Sequence[str] | None = None,
-            meta_labels: Sequence[Hashable] | None = None) -> "FewShotTextClassifier":
+    def fit(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[Hashable],
+        *,
+        meta_texts: Sequence[str] | None = None,
+        meta_labels: Sequence[Hashable] | None = None,
+    ) -> "FewShotTextClassifier":
         """Fits on the support set ``texts`` / ``labels``.
 
         Args:
@@ -644,11 +685,17 @@ class FewShotTextClassifier:
         self.classes_ = classes
         self._bert, self._head = None, None
         self.fit_info_ = {"method": self.method, "support_size": len(texts)}
-        fit = {"head": self._fit_head, "finetune": self._fit_finetune, "setfit": self._fit_setfit,
-               "protonet": self._fit_protonet, "anil": self._fit_anil}[self.method]
+        fit = {
+            "head": self._fit_head,
+            "finetune": self._fit_finetune,
+            "setfit": self._fit_setfit,
+            "protonet": self._fit_protonet,
+            "anil": self._fit_anil,
+        }[self.method]
         if meta is not None and self.method not in ("protonet", "anil"):
             raise ValueError(
-                f"meta_texts / meta_labels are only used by method 'protonet' or 'anil', not {self.method!r}")
+                f"meta_texts / meta_labels are only used by method 'protonet' or 'anil', not {self.method!r}"
+            )
         if meta is not None:
             fit(texts, y, meta=meta)
         else:
@@ -658,8 +705,9 @@ class FewShotTextClassifier:
 
     def _linear_head(self, feats: np.ndarray, y: np.ndarray) -> dict:
         lr = self.head_learning_rate if self.head_learning_rate is not None else 0.05
-        params, loss = _fit_logreg(jnp.asarray(feats), jnp.asarray(y), len(self.classes_), self.head_steps, lr,
-                                   self.head_l2)
+        params, loss = _fit_logreg(
+            jnp.asarray(feats), jnp.asarray(y), len(self.classes_), self.head_steps, lr, self.head_l2
+        )
         self.fit_info_["head_loss"] = float(loss)
         return {"kind": "linear", "kernel": params["kernel"], "bias": params["bias"]}
 
@@ -696,8 +744,9 @@ class FewShotTextClassifier:
         lr = float(self._setting("learning_rate"))
         head_lr = self.head_learning_rate if self.head_learning_rate is not None else 1e-3
         probe = self.finetune_init == "probe"
-        module, variables, _ = bb.classifier(len(self.classes_), jax.random.key(self.seed), normalize=probe,
-                                             head_init="normal")
+        module, variables, _ = bb.classifier(
+            len(self.classes_), jax.random.key(self.seed), normalize=probe, head_init="normal"
+        )
         tx, step_fn, eval_fn = _finetune_fns(module, lr, float(head_lr), self.weight_decay, steps, self.dropout)
         params = dict(_copy_tree(variables["params"]))
         if probe:  # LP-FT: start from the logistic-regression head on the frozen embeddings of the training part
@@ -721,7 +770,7 @@ class FewShotTextClassifier:
             best_params = _copy_tree(state[0])
         bar = progress(range(steps), desc="finetune", disable=not self.progress, leave=False)
         for i in bar:
-            idx = jnp.asarray(stream[i * batch:(i + 1) * batch])
+            idx = jnp.asarray(stream[i * batch : (i + 1) * batch])
             state, loss = step_fn(state, ids_dev, y_dev, idx, jax.random.fold_in(key, i))
             done = i + 1
             if val is not None and (done % eval_every == 0 or done == steps):
@@ -736,21 +785,30 @@ class FewShotTextClassifier:
                         break
         bar.close()
         params = state[0] if best_params is None else best_params
-        self.fit_info_.update(steps=done, max_steps=steps, batch_size=batch, train_size=len(train_idx),
-                              validation_size=0 if val_idx is None else len(val_idx))
+        self.fit_info_.update(
+            steps=done,
+            max_steps=steps,
+            batch_size=batch,
+            train_size=len(train_idx),
+            validation_size=0 if val_idx is None else len(val_idx),
+        )
         if val is not None:
             self.fit_info_.update(best_step=best_step, validation_accuracy=best_acc, validation_loss=best_loss)
         self._bert = params["bert"]
-        self._head = {"kind": "linear" if probe else "linear_unnormalized", "kernel": params["head"]["kernel"],
-                      "bias": params["head"]["bias"]}
+        self._head = {
+            "kind": "linear" if probe else "linear_unnormalized",
+            "kernel": params["head"]["kernel"],
+            "bias": params["head"]["bias"],
+        }
 
     def _fit_setfit(self, texts: list[str], y: np.ndarray) -> None:
         bb = self._backbone()
         steps = self._steps_for(len(texts), self.batch_size)
         lr = float(self._setting("learning_rate"))
         encoder, variables, _ = bb.encoder(normalize=True)
-        tx, step_fn = _setfit_fns(encoder, lr, self.weight_decay, steps, self.batch_size, self.setfit_loss,
-                                  self.margin, self.dropout)
+        tx, step_fn = _setfit_fns(
+            encoder, lr, self.weight_decay, steps, self.batch_size, self.setfit_loss, self.margin, self.dropout
+        )
         params = _copy_tree(variables["params"]["bert"])
         state = (params, tx.init(params))
         ids = jnp.asarray(self._ids(texts))
@@ -764,8 +822,12 @@ class FewShotTextClassifier:
             losses.append(loss)
         bar.close()
         self._bert = state[0]
-        self.fit_info_.update(steps=steps, pairs_per_step=self.batch_size,
-                              first_loss=float(losses[0]), last_loss=float(np.mean(np.asarray(losses[-5:]))))
+        self.fit_info_.update(
+            steps=steps,
+            pairs_per_step=self.batch_size,
+            first_loss=float(losses[0]),
+            last_loss=float(np.mean(np.asarray(losses[-5:]))),
+        )
         feats = self._features(self._bert, texts, np.asarray(ids), desc="embed support")
         self._head = self._linear_head(feats, y)
 
@@ -777,7 +839,8 @@ class FewShotTextClassifier:
             if support_min < 2:
                 raise ValueError(
                     f"meta-training on the support set needs >= 2 texts per class (episode support + query); the "
-                    f"smallest class has {support_min}: pass meta_texts/meta_labels or set meta_train_steps=0")
+                    f"smallest class has {support_min}: pass meta_texts/meta_labels or set meta_train_steps=0"
+                )
             shots = max(1, support_min // 2)
             queries = support_min - shots
         else:
@@ -789,16 +852,27 @@ class FewShotTextClassifier:
             queries = max(1, min(max(shots, 4), meta_min - shots))
             if meta_min < 2:
                 raise ValueError(
-                    f"meta_labels: every class needs >= 2 texts for an episode; the smallest has {meta_min}")
+                    f"meta_labels: every class needs >= 2 texts for an episode; the smallest has {meta_min}"
+                )
         ways = min(len(groups), len(self.classes_)) if need_ways is None else need_ways
         if need_ways is not None and len(groups) < need_ways:
             raise ValueError(
                 f"meta_labels has {len(groups)} classes but ANIL's head has {need_ways} outputs (one per class of "
-                f"labels): meta-training episodes need at least {need_ways} classes")
+                f"labels): meta-training episodes need at least {need_ways} classes"
+            )
         return groups, ways, shots, queries
 
-    def _meta_train(self, kind: str, module: Any, variables: Any, groups: list, ways: int, shots: int, queries: int,
-                    temperature: float = 1.0) -> tuple[Any, list[float]]:
+    def _meta_train(
+        self,
+        kind: str,
+        module: Any,
+        variables: Any,
+        groups: list,
+        ways: int,
+        shots: int,
+        queries: int,
+        temperature: float = 1.0,
+    ) -> tuple[Any, list[float]]:
         from fsl_jax.data.sampler import HostSampler
         from fsl_jax.step import TrainState
 
@@ -816,9 +890,12 @@ class FewShotTextClassifier:
             accs.append(metrics["accuracy"])
         bar.close()
         accs = [float(a) for a in accs]
-        self.fit_info_.update(meta_train_steps=steps, meta_episode=dict(ways=ways, shots=shots, queries=queries),
-                              meta_accuracy_first=accs[0] if accs else None,
-                              meta_accuracy_last=float(np.mean(accs[-3:])) if accs else None)
+        self.fit_info_.update(
+            meta_train_steps=steps,
+            meta_episode=dict(ways=ways, shots=shots, queries=queries),
+            meta_accuracy_first=accs[0] if accs else None,
+            meta_accuracy_last=float(np.mean(accs[-3:])) if accs else None,
+        )
         return state.params, accs
 
     def _fit_protonet(self, texts: list[str], y: np.ndarray, meta: tuple | None = None) -> None:
@@ -827,8 +904,7 @@ class FewShotTextClassifier:
         if steps > 0:
             groups, ways, shots, queries = self._episode_data(texts, y, meta, None)
             encoder, variables, _ = bb.encoder(normalize=True)
-            params, _ = self._meta_train("protonet", encoder, variables, groups, ways, shots, queries,
-                                         self.temperature)
+            params, _ = self._meta_train("protonet", encoder, variables, groups, ways, shots, queries, self.temperature)
             self._bert = params["params"]["bert"]
         else:
             self.fit_info_["meta_train_steps"] = 0
@@ -839,8 +915,9 @@ class FewShotTextClassifier:
     def _fit_anil(self, texts: list[str], y: np.ndarray, meta: tuple | None = None) -> None:
         bb = self._backbone()
         num_classes = len(self.classes_)
-        module, variables, _ = bb.classifier(num_classes, jax.random.key(self.seed), normalize=True,
-                                             feature_scale=self.feature_scale, head_init="zeros")
+        module, variables, _ = bb.classifier(
+            num_classes, jax.random.key(self.seed), normalize=True, feature_scale=self.feature_scale, head_init="zeros"
+        )
         steps = int(self._setting("meta_train_steps"))
         head = variables["params"]["head"]
         if steps > 0:
@@ -850,8 +927,9 @@ class FewShotTextClassifier:
         else:
             self.fit_info_["meta_train_steps"] = 0
         feats = self._features(self._bert, texts, desc="embed support")
-        adapted = _adapt_head(jnp.asarray(feats), jnp.asarray(y), head, self.inner_lr, self.inner_steps,
-                              self.feature_scale)
+        adapted = _adapt_head(
+            jnp.asarray(feats), jnp.asarray(y), head, self.inner_lr, self.inner_steps, self.feature_scale
+        )
         self._head = {"kind": "linear", "kernel": adapted["kernel"] * self.feature_scale, "bias": adapted["bias"]}
 
     # ------------------------------------------------------------------ predict
@@ -908,7 +986,8 @@ class FewShotTextClassifier:
         bad = [c for c in self.classes_ if not _jsonable(c)]
         if bad:
             raise TypeError(
-                f"classes_ holds labels JSON cannot store ({bad[:3]!r}); use str, int, float or bool labels")
+                f"classes_ holds labels JSON cannot store ({bad[:3]!r}); use str, int, float or bool labels"
+            )
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         settings = {k: v for k, v in self.get_params().items() if k != "augment"}
@@ -916,16 +995,22 @@ class FewShotTextClassifier:
         head = {k: np.asarray(v) for k, v in self._head.items() if k not in ("kind", "temperature")}
         info = {k: v for k, v in getattr(self, "fit_info_", {}).items() if _jsonable(v) or isinstance(v, dict)}
         doc = {
-            "format": _FORMAT, "version": 1, "settings": settings, "classes": list(self.classes_),
-            "head_kind": self._head["kind"], "temperature": self._head.get("temperature"),
-            "encoder_tuned": self._bert is not None, "augment": getattr(self.augment, "__name__", None),
+            "format": _FORMAT,
+            "version": 1,
+            "settings": settings,
+            "classes": list(self.classes_),
+            "head_kind": self._head["kind"],
+            "temperature": self._head.get("temperature"),
+            "encoder_tuned": self._bert is not None,
+            "augment": getattr(self.augment, "__name__", None),
             "fit_info": info,
         }
         save_file({k: np.ascontiguousarray(v, np.float32) for k, v in head.items()}, str(folder / "head.safetensors"))
         if self._bert is not None:
             bb = self._backbone()
-            save_pretrained(folder / "encoder", Bert(bb.config, add_pooling_layer=False), {"params": self._bert},
-                            bb.tokenizer)
+            save_pretrained(
+                folder / "encoder", Bert(bb.config, add_pooling_layer=False), {"params": self._bert}, bb.tokenizer
+            )
         with open(folder / "settings.json", "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=2, default=str)
             f.write("\n")

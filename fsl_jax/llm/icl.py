@@ -54,8 +54,15 @@ from fsl_jax.models.bert import attention_bias
 from fsl_jax.models.gpt2 import GPT2Block, GPT2Config
 from fsl_jax.tasks import Task
 
-__all__ = ["ICLResult", "ICLTransformer", "evaluate_icl", "gaussian_episodes", "icl_learner", "meta_train_icl",
-           "nearest_class_mean_accuracy"]
+__all__ = [
+    "ICLResult",
+    "ICLTransformer",
+    "evaluate_icl",
+    "gaussian_episodes",
+    "icl_learner",
+    "meta_train_icl",
+    "nearest_class_mean_accuracy",
+]
 
 Array = Any
 
@@ -91,8 +98,16 @@ class ICLTransformer(nn.Module):
 
     @property
     def config(self) -> GPT2Config:
-        return GPT2Config(vocab_size=self.num_labels + 1, n_positions=1, n_embd=self.n_embd, n_layer=self.n_layer,
-                          n_head=self.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        return GPT2Config(
+            vocab_size=self.num_labels + 1,
+            n_positions=1,
+            n_embd=self.n_embd,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
 
     @nn.compact
     def __call__(self, support_x: Array, support_y: Array, support_mask: Array | None, query_x: Array) -> Array:
@@ -102,8 +117,14 @@ class ICLTransformer(nn.Module):
             support_mask = jnp.ones((n,), bool)
         project = nn.Dense(cfg.n_embd, dtype=self.dtype, param_dtype=self.param_dtype, name="input_proj")
         # Unit-scale label embeddings, comparable to the projected inputs, so that labels are visible from the start.
-        labels = nn.Embed(self.num_labels + 1, cfg.n_embd, dtype=self.dtype, param_dtype=self.param_dtype,
-                          embedding_init=nn.initializers.normal(1.0), name="label_embed")
+        labels = nn.Embed(
+            self.num_labels + 1,
+            cfg.n_embd,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            embedding_init=nn.initializers.normal(1.0),
+            name="label_embed",
+        )
         support = project(support_x) + labels(support_y.astype(jnp.int32))
         query = project(query_x) + labels(jnp.full((q,), self.num_labels, jnp.int32))
         h = jnp.concatenate([support, query], axis=0)[None]  # [1, N + Q, D]
@@ -147,13 +168,23 @@ def icl_learner(model: ICLTransformer) -> Learner:
         support_x, support_y, mask = adapted
         return model.apply(params, support_x, support_y, mask, x)
 
-    return Learner(init=init, adapt=adapt, predict=predict, loss=xent_loss, kind="classification",
-                   name="icl_transformer")
+    return Learner(
+        init=init, adapt=adapt, predict=predict, loss=xent_loss, kind="classification", name="icl_transformer"
+    )
 
 
-def gaussian_episodes(key: Array, num_tasks: int, *, ways: int = 5, shots: int = 5, queries: int = 3,
-                      dim: int = 16, noise: float = 1.2, max_shots: int | None = None,
-                      random_shots: bool = False) -> Task:
+def gaussian_episodes(
+    key: Array,
+    num_tasks: int,
+    *,
+    ways: int = 5,
+    shots: int = 5,
+    queries: int = 3,
+    dim: int = 16,
+    noise: float = 1.2,
+    max_shots: int | None = None,
+    random_shots: bool = False,
+) -> Task:
     """Few-shot episodes over random Gaussian class prototypes (jittable).
 
     Per episode: ``ways`` centres ``c ~ N(0, I_dim)``, examples ``c + noise * N(0, I_dim)``, labels assigned by a
@@ -193,8 +224,14 @@ def gaussian_episodes(key: Array, num_tasks: int, *, ways: int = 5, shots: int =
         mask = jnp.broadcast_to(jnp.arange(max_shots)[None] < k_shots, (ways, max_shots))
         sy = jnp.broadcast_to(perm[:, None], (ways, max_shots))
         qy = jnp.broadcast_to(perm[:, None], (ways, queries))
-        return Task(support.reshape(-1, dim), sy.reshape(-1).astype(jnp.int32), query.reshape(-1, dim),
-                    qy.reshape(-1).astype(jnp.int32), mask.reshape(-1).astype(jnp.float32), None)
+        return Task(
+            support.reshape(-1, dim),
+            sy.reshape(-1).astype(jnp.int32),
+            query.reshape(-1, dim),
+            qy.reshape(-1).astype(jnp.int32),
+            mask.reshape(-1).astype(jnp.float32),
+            None,
+        )
 
     return jax.vmap(one)(jax.random.split(key, num_tasks))
 
@@ -214,8 +251,9 @@ def nearest_class_mean_accuracy(tasks: Task, ways: int) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "ways", "shots", "batch_size", "episode_items"))
-def _episode_accuracies(model: ICLTransformer, params: Any, key: Array, ways: int, shots: int, batch_size: int,
-                        episode_items: tuple) -> tuple[Array, Array]:
+def _episode_accuracies(
+    model: ICLTransformer, params: Any, key: Array, ways: int, shots: int, batch_size: int, episode_items: tuple
+) -> tuple[Array, Array]:
     learner = icl_learner(model)
     tasks = gaussian_episodes(key, batch_size, ways=ways, shots=shots, **dict(episode_items))
 
@@ -226,8 +264,17 @@ def _episode_accuracies(model: ICLTransformer, params: Any, key: Array, ways: in
     return jax.vmap(one)(tasks), nearest_class_mean_accuracy(tasks, ways)
 
 
-def evaluate_icl(model: ICLTransformer, params: Any, *, ways: int = 5, shots: int = 1, episodes: int = 1000,
-                 key: Array, batch_size: int = 200, **episode_kwargs: Any) -> dict[str, np.ndarray]:
+def evaluate_icl(
+    model: ICLTransformer,
+    params: Any,
+    *,
+    ways: int = 5,
+    shots: int = 1,
+    episodes: int = 1000,
+    key: Array,
+    batch_size: int = 200,
+    **episode_kwargs: Any,
+) -> dict[str, np.ndarray]:
     """Per-episode accuracies of the in-context model and of the nearest-class-mean (ProtoNet) rule on the **same**
     episodes.
 
@@ -246,8 +293,15 @@ def evaluate_icl(model: ICLTransformer, params: Any, *, ways: int = 5, shots: in
         raise ValueError(f"ways={ways} exceeds the model's num_labels={model.num_labels}")
     icl, proto = [], []
     for start in range(0, episodes, batch_size):
-        a, b = _episode_accuracies(model, params, jax.random.fold_in(key, start), ways, shots, batch_size,
-                                   tuple(sorted(episode_kwargs.items())))
+        a, b = _episode_accuracies(
+            model,
+            params,
+            jax.random.fold_in(key, start),
+            ways,
+            shots,
+            batch_size,
+            tuple(sorted(episode_kwargs.items())),
+        )
         icl.append(np.asarray(a))
         proto.append(np.asarray(b))
     return {"icl": np.concatenate(icl)[:episodes], "protonet": np.concatenate(proto)[:episodes]}
@@ -320,21 +374,40 @@ def meta_train_icl(
     learner = icl_learner(model)
     episode_kwargs = dict(queries=queries, dim=dim, noise=noise, max_shots=max_shots)
     source = functools.partial(gaussian_episodes, ways=ways, shots=max_shots, random_shots=True, **episode_kwargs)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(warmup, max(steps // 10, 1)), steps,
-                                                  learning_rate * 0.05)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, learning_rate, min(warmup, max(steps // 10, 1)), steps, learning_rate * 0.05
+    )
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=weight_decay))
     t0 = time.perf_counter()
     init_key, run_key = jax.random.split(key)
     # Jitted initialisation: op-by-op (eager) init of the blocks costs seconds on a CPU.
     params = jax.jit(lambda k: learner.init(k, jax.tree_util.tree_map(lambda a: a[0], source(k, 1))))(init_key)
-    state, history = meta_train(learner, optimizer, source, steps=steps, meta_batch=meta_batch, key=run_key,
-                                params=params, log_every=log_every, progress=progress, desc="icl transformer",
-                                max_seconds=max_seconds)
+    state, history = meta_train(
+        learner,
+        optimizer,
+        source,
+        steps=steps,
+        meta_batch=meta_batch,
+        key=run_key,
+        params=params,
+        log_every=log_every,
+        progress=progress,
+        desc="icl transformer",
+        max_seconds=max_seconds,
+    )
     seconds = time.perf_counter() - t0
 
     def icl_accuracy(params: Any, ways: int, shots: int, episodes: int, key: Array) -> float:
-        accs = evaluate_icl(model, params, ways=ways, shots=shots, episodes=episodes, key=key,
-                            batch_size=min(200, episodes), **episode_kwargs)
+        accs = evaluate_icl(
+            model,
+            params,
+            ways=ways,
+            shots=shots,
+            episodes=episodes,
+            key=key,
+            batch_size=min(200, episodes),
+            **episode_kwargs,
+        )
         return float(np.mean(accs["icl"]))
 
     return ICLResult(state.params, icl_accuracy, model, history, seconds, int(state.step), episode_kwargs)

@@ -44,7 +44,14 @@ import numpy as np
 import optax
 
 from fsl_jax.llm.prompting import (
-    PromptClassifier, Template, Verbalizer, _encode, _encode_candidates, _pad_id, candidate_scores, label_scores,
+    PromptClassifier,
+    Template,
+    Verbalizer,
+    _encode,
+    _encode_candidates,
+    _pad_id,
+    candidate_scores,
+    label_scores,
     truncate_texts,
 )
 
@@ -69,13 +76,25 @@ def trainable_labels(lm_params: Any, n_layer: int, train_last_n_blocks: int | No
         return jax.tree_util.tree_map(lambda _: "train", lm_params)
     first = n_layer - train_last_n_blocks
     trained = {f"h_{i}" for i in range(first, n_layer)} | ({"ln_f"} if train_last_n_blocks > 0 else set())
-    return {name: jax.tree_util.tree_map(lambda _, t=name in trained: "train" if t else "frozen", sub)
-            for name, sub in lm_params.items()}
+    return {
+        name: jax.tree_util.tree_map(lambda _, t=name in trained: "train" if t else "frozen", sub)
+        for name, sub in lm_params.items()
+    }
 
 
-def lm_logits(module: Any, lm_params: Any, head: Any, ids: Array, mask: Array, *, objective: str,
-              cont_ids: Array | None = None, cont_mask: Array | None = None, membership: Array | None = None,
-              reduce: str = "sum") -> Array:
+def lm_logits(
+    module: Any,
+    lm_params: Any,
+    head: Any,
+    ids: Array,
+    mask: Array,
+    *,
+    objective: str,
+    cont_ids: Array | None = None,
+    cont_mask: Array | None = None,
+    membership: Array | None = None,
+    reduce: str = "sum",
+) -> Array:
     """``[B, num_labels]`` logits of a batch of prompts under either objective (differentiable).
 
     Args:
@@ -97,8 +116,9 @@ def lm_logits(module: Any, lm_params: Any, head: Any, ids: Array, mask: Array, *
     return h @ head["kernel"] + head["bias"]
 
 
-def make_lm_finetune_step(module: Any, optimizer: optax.GradientTransformation, labels_tree: Any, *,
-                          objective: str, reduce: str = "sum"):
+def make_lm_finetune_step(
+    module: Any, optimizer: optax.GradientTransformation, labels_tree: Any, *, objective: str, reduce: str = "sum"
+):
     """The jitted fine-tuning step ``step(train, opt_state, ids, mask, y, cont_ids, cont_mask, membership) ->
     (train, opt_state, metrics)`` with ``train = {"lm": params, "head": head}`` and ``train`` / ``opt_state``
     donated. Parameters labelled ``"frozen"`` in ``labels_tree`` (same structure as ``train``) get no gradient.
@@ -107,10 +127,21 @@ def make_lm_finetune_step(module: Any, optimizer: optax.GradientTransformation, 
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
 
     def loss_fn(train, ids, mask, y, cont_ids, cont_mask, membership):
-        train = jax.tree_util.tree_map(lambda p, lab: jax.lax.stop_gradient(p) if lab == "frozen" else p,
-                                       train, labels_tree)
-        logits = lm_logits(module, train["lm"], train["head"], ids, mask, objective=objective, cont_ids=cont_ids,
-                           cont_mask=cont_mask, membership=membership, reduce=reduce)
+        train = jax.tree_util.tree_map(
+            lambda p, lab: jax.lax.stop_gradient(p) if lab == "frozen" else p, train, labels_tree
+        )
+        logits = lm_logits(
+            module,
+            train["lm"],
+            train["head"],
+            ids,
+            mask,
+            objective=objective,
+            cont_ids=cont_ids,
+            cont_mask=cont_mask,
+            membership=membership,
+            reduce=reduce,
+        )
         logp = jax.nn.log_softmax(logits, axis=-1)
         loss = -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
         accuracy = jnp.mean((jnp.argmax(logits, axis=1) == y).astype(jnp.float32))
@@ -119,7 +150,8 @@ def make_lm_finetune_step(module: Any, optimizer: optax.GradientTransformation, 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(train, opt_state, ids, mask, y, cont_ids, cont_mask, membership):
         (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            train, ids, mask, y, cont_ids, cont_mask, membership)
+            train, ids, mask, y, cont_ids, cont_mask, membership
+        )
         updates, opt_state = optimizer.update(grads, opt_state, train)
         train = optax.apply_updates(train, updates)
         return train, opt_state, {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
@@ -128,26 +160,48 @@ def make_lm_finetune_step(module: Any, optimizer: optax.GradientTransformation, 
 
 
 @functools.lru_cache(maxsize=32)
-def _finetune_fns(module: Any, objective: str, reduce: str, learning_rate: float, head_learning_rate: float,
-                  weight_decay: float, train_last_n_blocks: int | None):
+def _finetune_fns(
+    module: Any,
+    objective: str,
+    reduce: str,
+    learning_rate: float,
+    head_learning_rate: float,
+    weight_decay: float,
+    train_last_n_blocks: int | None,
+):
     """``(optimizer, step)`` for one configuration, cached so that refitting (new draws) does not recompile."""
     shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
     head = {} if objective == "label_words" else {"kernel": 0, "bias": 0}
-    labels_tree = {"lm": trainable_labels(shapes, module.config.n_layer, train_last_n_blocks),
-                   "head": jax.tree_util.tree_map(lambda _: "head", head)}
-    decay = lambda tree: jax.tree_util.tree_map(lambda p: p.ndim >= 2, tree)  # noqa: E731
+    labels_tree = {
+        "lm": trainable_labels(shapes, module.config.n_layer, train_last_n_blocks),
+        "head": jax.tree_util.tree_map(lambda _: "head", head),
+    }
+    decay = lambda tree: jax.tree_util.tree_map(lambda p: p.ndim >= 2, tree)
     optimizer = optax.multi_transform(
-        {"train": optax.adamw(learning_rate, weight_decay=weight_decay, mask=decay),
-         "head": optax.adamw(head_learning_rate, weight_decay=weight_decay, mask=decay),
-         "frozen": optax.set_to_zero()},
-        labels_tree)
+        {
+            "train": optax.adamw(learning_rate, weight_decay=weight_decay, mask=decay),
+            "head": optax.adamw(head_learning_rate, weight_decay=weight_decay, mask=decay),
+            "frozen": optax.set_to_zero(),
+        },
+        labels_tree,
+    )
     return optimizer, make_lm_finetune_step(module, optimizer, labels_tree, objective=objective, reduce=reduce)
 
 
 @functools.partial(jax.jit, static_argnames=("module", "objective", "reduce"))
 def _logits(module, train, ids, mask, cont_ids, cont_mask, membership, *, objective, reduce):
-    return lm_logits(module, train["lm"], train["head"], ids, mask, objective=objective, cont_ids=cont_ids,
-                     cont_mask=cont_mask, membership=membership, reduce=reduce)
+    return lm_logits(
+        module,
+        train["lm"],
+        train["head"],
+        ids,
+        mask,
+        objective=objective,
+        cont_ids=cont_ids,
+        cont_mask=cont_mask,
+        membership=membership,
+        reduce=reduce,
+    )
 
 
 def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> Any:
@@ -236,8 +290,11 @@ class LMFinetuneClassifier:
         self.params = params
         self.tokenizer = tokenizer
         self.template = template if isinstance(template, Template) else Template(template)
-        self.verbalizer = None if verbalizer is None else (
-            verbalizer if isinstance(verbalizer, Verbalizer) else Verbalizer(verbalizer))
+        self.verbalizer = (
+            None
+            if verbalizer is None
+            else (verbalizer if isinstance(verbalizer, Verbalizer) else Verbalizer(verbalizer))
+        )
         self.objective = objective
         self.steps = _check_int("steps", steps, 1)
         self.learning_rate = _check_rate("learning_rate", learning_rate)
@@ -279,8 +336,8 @@ class LMFinetuneClassifier:
         mask = np.zeros((len(encoded), length), np.int32)
         for r, seq in enumerate(encoded):
             seq = seq[-length:]
-            ids[r, length - len(seq):] = seq
-            mask[r, length - len(seq):] = 1
+            ids[r, length - len(seq) :] = seq
+            mask[r, length - len(seq) :] = 1
         return ids, mask
 
     # ------------------------------------------------------------------ training
@@ -314,19 +371,30 @@ class LMFinetuneClassifier:
         else:
             self.max_length_ = min(-(-longest // 16) * 16, limit)
         if self.max_length_ > limit:
-            raise ValueError(f"max_length={self.max_length_} (+ label tokens) exceeds the context window "
-                             f"n_positions={self.lm_module.config.n_positions}")
+            raise ValueError(
+                f"max_length={self.max_length_} (+ label tokens) exceeds the context window "
+                f"n_positions={self.lm_module.config.n_positions}"
+            )
         ids, mask = self._pad(encoded)
 
         key = jax.random.key(self.seed)
         lm = jax.tree_util.tree_map(jnp.array, self.params["params"])  # a copy: the step donates its input
-        head = {"kernel": 0.02 * jax.random.normal(key, (self.lm_module.config.n_embd, len(self.classes_))),
-                "bias": jnp.zeros((len(self.classes_),))}
+        head = {
+            "kernel": 0.02 * jax.random.normal(key, (self.lm_module.config.n_embd, len(self.classes_))),
+            "bias": jnp.zeros((len(self.classes_),)),
+        }
         if self.objective == "label_words":
             head = {}
         train = {"lm": lm, "head": head}
-        optimizer, step = _finetune_fns(self.lm_module, self.objective, self.reduce, self.learning_rate,
-                                        self.head_learning_rate, self.weight_decay, self.train_last_n_blocks)
+        optimizer, step = _finetune_fns(
+            self.lm_module,
+            self.objective,
+            self.reduce,
+            self.learning_rate,
+            self.head_learning_rate,
+            self.weight_decay,
+            self.train_last_n_blocks,
+        )
         opt_state = optimizer.init(train)
         rng = np.random.default_rng(self.seed)
         batch = min(self.batch_size, len(texts))
@@ -336,10 +404,9 @@ class LMFinetuneClassifier:
         for _ in range(self.steps):
             if pos + batch > len(order):
                 order, pos = rng.permutation(len(texts)), 0
-            idx = order[pos: pos + batch]
+            idx = order[pos : pos + batch]
             pos += batch
-            train, opt_state, m = step(train, opt_state, ids[idx], mask[idx], y[idx], cont_ids, cont_mask,
-                                       membership)
+            train, opt_state, m = step(train, opt_state, ids[idx], mask[idx], y[idx], cont_ids, cont_mask, membership)
             metrics.append(m)
         for m in jax.device_get(metrics):
             history["loss"].append(float(m["loss"]))
@@ -370,9 +437,20 @@ class LMFinetuneClassifier:
         ids = np.concatenate([ids, np.repeat(ids[:1], rows - len(texts), 0)])
         mask = np.concatenate([mask, np.repeat(mask[:1], rows - len(texts), 0)])
         cont_ids, cont_mask, membership = self._cand_arrays()
-        out = [_logits(self.lm_module, self._train, ids[s: s + batch_size], mask[s: s + batch_size], cont_ids,
-                       cont_mask, membership, objective=self.objective, reduce=self.reduce)
-               for s in range(0, rows, batch_size)]
+        out = [
+            _logits(
+                self.lm_module,
+                self._train,
+                ids[s : s + batch_size],
+                mask[s : s + batch_size],
+                cont_ids,
+                cont_mask,
+                membership,
+                objective=self.objective,
+                reduce=self.reduce,
+            )
+            for s in range(0, rows, batch_size)
+        ]
         return np.asarray(jnp.concatenate(out))[: len(texts)]
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -393,5 +471,13 @@ class LMFinetuneClassifier:
         self._check_fitted()
         if self.verbalizer is None:
             raise ValueError("prompt_classifier needs a verbalizer (objective='label_words')")
-        return PromptClassifier(self.lm_module, self.lm_params_, self.tokenizer, self.template, self.verbalizer,
-                                reduce=self.reduce, max_text_tokens=self.max_text_tokens, **kwargs)
+        return PromptClassifier(
+            self.lm_module,
+            self.lm_params_,
+            self.tokenizer,
+            self.template,
+            self.verbalizer,
+            reduce=self.reduce,
+            max_text_tokens=self.max_text_tokens,
+            **kwargs,
+        )

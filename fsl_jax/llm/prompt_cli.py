@@ -43,24 +43,38 @@ def add_prompt_parser(subparsers: Any) -> argparse.ArgumentParser:
         2
     """
     p = subparsers.add_parser(
-        "prompt", help="zero- / few-shot text classification by prompting a local GPT-2 folder",
+        "prompt",
+        help="zero- / few-shot text classification by prompting a local GPT-2 folder",
         description="Scores label words after a prompt (with --demonstrations in-context examples) over --draws "
-                    "random support draws; prints a classification report and accuracy mean +- 95 % CI.")
+        "random support draws; prints a classification report and accuracy mean +- 95 % CI.",
+    )
     p.add_argument("--model", required=True, help="local GPT-2 folder (config.json, model.safetensors, tokenizer)")
     p.add_argument("--data", default="bbc", help="'bbc' (bundled BBC News) or a .csv / .tsv / .jsonl / .json file")
     p.add_argument("--text-column", default="text", help="text column of --data files (default: text)")
     p.add_argument("--label-column", default="label", help="label column of --data files (default: label)")
-    p.add_argument("--template", default=DEFAULT_TEMPLATE,
-                   help="prompt pattern with {text} and {label}; \\n and \\t are unescaped "
-                        f"(default: {DEFAULT_TEMPLATE!r})")
-    p.add_argument("--label-words", default=None,
-                   help="'label=word,word;label=word' (default: every label is its own word)")
-    p.add_argument("--shots", type=int, default=4, help="support texts per class in the demonstration pool (0: "
-                                                        "zero-shot; default 4)")
-    p.add_argument("--demonstrations", type=int, default=None,
-                   help="demonstrations per prompt (default: shots x classes)")
-    p.add_argument("--selection", choices=("random", "balanced", "nearest"), default="balanced",
-                   help="demonstration selection (nearest: MiniLM similarity; default balanced)")
+    p.add_argument(
+        "--template",
+        default=DEFAULT_TEMPLATE,
+        help=f"prompt pattern with {{text}} and {{label}}; \\n and \\t are unescaped (default: {DEFAULT_TEMPLATE!r})",
+    )
+    p.add_argument(
+        "--label-words", default=None, help="'label=word,word;label=word' (default: every label is its own word)"
+    )
+    p.add_argument(
+        "--shots",
+        type=int,
+        default=4,
+        help="support texts per class in the demonstration pool (0: zero-shot; default 4)",
+    )
+    p.add_argument(
+        "--demonstrations", type=int, default=None, help="demonstrations per prompt (default: shots x classes)"
+    )
+    p.add_argument(
+        "--selection",
+        choices=("random", "balanced", "nearest"),
+        default="balanced",
+        help="demonstration selection (nearest: MiniLM similarity; default balanced)",
+    )
     p.add_argument("--embed-model", default="all-MiniLM-L6-v2", help="sentence encoder for --selection nearest")
     p.add_argument("--orders", type=int, default=1, help="demonstration orders averaged (default 1)")
     p.add_argument("--calibrate", action="store_true", help="contextual calibration with the input 'N/A'")
@@ -127,22 +141,40 @@ def run_prompt(args: argparse.Namespace) -> int:
     if args.shots == 0 and demonstrations:
         raise ValueError(f"--demonstrations {demonstrations} needs --shots >= 1 (a pool to draw them from)")
     embed_fn = sentence_embed_fn(args.embed_model) if args.selection == "nearest" and demonstrations else None
-    print(f"{data_name}: {len(dataset)} texts, {len(names)} classes; GPT-2 {args.model} "
-          f"({lm.config.n_layer} layers, context {lm.config.n_positions}); {args.shots} shots per class, "
-          f"{demonstrations} demonstrations ({args.selection}), orders {args.orders}, "
-          f"calibrate {args.calibrate}, {args.draws} draws, {args.test_per_class} test texts per class")
+    print(
+        f"{data_name}: {len(dataset)} texts, {len(names)} classes; GPT-2 {args.model} "
+        f"({lm.config.n_layer} layers, context {lm.config.n_positions}); {args.shots} shots per class, "
+        f"{demonstrations} demonstrations ({args.selection}), orders {args.orders}, "
+        f"calibrate {args.calibrate}, {args.draws} draws, {args.test_per_class} test texts per class"
+    )
 
     accuracies, pooled_true, pooled_pred, draws = [], [], [], []
     t_start = time.perf_counter()
     bar = progress(range(args.draws), desc="prompt", disable=args.no_progress)
     for d in bar:
         support_x, support_y, test_x, test_y = few_shot_split(
-            dataset, max(args.shots, 1), seed=args.seed * 100_003 + d + 1, test_per_class=args.test_per_class,
-            test_seed=args.seed)
-        clf = PromptClassifier(lm, params, tokenizer, template, verbalizer, demonstrations=demonstrations,
-                               selection=args.selection, orders=args.orders, calibrate=args.calibrate,
-                               reduce=args.reduce, embed_fn=embed_fn, max_text_tokens=args.max_text_tokens,
-                               batch_size=args.batch_size, seed=args.seed + d)
+            dataset,
+            max(args.shots, 1),
+            seed=args.seed * 100_003 + d + 1,
+            test_per_class=args.test_per_class,
+            test_seed=args.seed,
+        )
+        clf = PromptClassifier(
+            lm,
+            params,
+            tokenizer,
+            template,
+            verbalizer,
+            demonstrations=demonstrations,
+            selection=args.selection,
+            orders=args.orders,
+            calibrate=args.calibrate,
+            reduce=args.reduce,
+            embed_fn=embed_fn,
+            max_text_tokens=args.max_text_tokens,
+            batch_size=args.batch_size,
+            seed=args.seed + d,
+        )
         if args.shots:
             clf.fit(support_x, support_y)
         t0 = time.perf_counter()
@@ -151,33 +183,46 @@ def run_prompt(args: argparse.Namespace) -> int:
         accuracies.append(accuracy)
         pooled_true += list(test_y)
         pooled_pred += predictions
-        draws.append({"draw": d, "accuracy": accuracy, "seconds": time.perf_counter() - t0,
-                      "test_size": len(test_x)})
+        draws.append({"draw": d, "accuracy": accuracy, "seconds": time.perf_counter() - t0, "test_size": len(test_x)})
         bar.set_postfix(acc=f"{accuracy:.3f}")
     bar.close()
     total_s = time.perf_counter() - t_start
 
     labels = [str(n) for n in names]
-    report = classification_report([str(v) for v in pooled_true], [str(v) for v in pooled_pred], labels=labels,
-                                   label_names=labels)
+    report = classification_report(
+        [str(v) for v in pooled_true], [str(v) for v in pooled_pred], labels=labels, label_names=labels
+    )
     ci = mean_ci(accuracies)
     print()
     print(f"per-class scores, pooled over {args.draws} draws ({len(pooled_true)} test predictions):")
     print(report.to_string(digits=3))
     ci_text = f"{100 * ci.mean:.2f} +- {100 * ci.ci95:.2f} %" if args.draws > 1 else f"{100 * ci.mean:.2f} %"
-    print(f"accuracy over {args.draws} draws: {ci_text} (95% CI); per draw: "
-          + ", ".join(f"{100 * a:.1f}" for a in accuracies))
+    print(
+        f"accuracy over {args.draws} draws: {ci_text} (95% CI); per draw: "
+        + ", ".join(f"{100 * a:.1f}" for a in accuracies)
+    )
     print(f"time: {total_s:.1f} s")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         result = {
-            "data": args.data, "model": args.model, "template": template.pattern,
-            "label_words": {str(k): list(v) for k, v in verbalizer.words.items()}, "shots": args.shots,
-            "demonstrations": demonstrations, "selection": args.selection, "orders": args.orders,
-            "calibrate": args.calibrate, "reduce": args.reduce, "max_text_tokens": args.max_text_tokens,
-            "draws": args.draws, "seed": args.seed, "test_per_class": args.test_per_class,
+            "data": args.data,
+            "model": args.model,
+            "template": template.pattern,
+            "label_words": {str(k): list(v) for k, v in verbalizer.words.items()},
+            "shots": args.shots,
+            "demonstrations": demonstrations,
+            "selection": args.selection,
+            "orders": args.orders,
+            "calibrate": args.calibrate,
+            "reduce": args.reduce,
+            "max_text_tokens": args.max_text_tokens,
+            "draws": args.draws,
+            "seed": args.seed,
+            "test_per_class": args.test_per_class,
             "accuracy": {"mean": ci.mean, "ci95": None if args.draws == 1 else ci.ci95, "per_draw": accuracies},
-            "seconds": total_s, "draw_details": draws, "report": report.as_dict(),
+            "seconds": total_s,
+            "draw_details": draws,
+            "report": report.as_dict(),
             "confusion_matrix": report.confusion_matrix.tolist(),
         }
         path = os.path.join(args.out, "results.json")

@@ -63,9 +63,17 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "PromptClassifier", "PromptSearchResult", "Template", "Verbalizer", "candidate_scores", "generate_text",
-    "label_scores", "sentence_embed_fn", "truncate_texts",
-    "SELECTIONS", "REDUCTIONS",
+    "PromptClassifier",
+    "PromptSearchResult",
+    "Template",
+    "Verbalizer",
+    "candidate_scores",
+    "generate_text",
+    "label_scores",
+    "sentence_embed_fn",
+    "truncate_texts",
+    "SELECTIONS",
+    "REDUCTIONS",
 ]
 
 Array = Any
@@ -123,14 +131,18 @@ class Template:
         if names.count("label") > 1:
             raise ValueError(f"template {pattern!r} has more than one {{label}} slot")
         if "label" in names and names.index("label") < names.index("text"):
-            raise ValueError(f"template {pattern!r} puts {{label}} before {{text}}: the label is scored as the "
-                             f"continuation of everything before it, so {{text}} must come first")
+            raise ValueError(
+                f"template {pattern!r} puts {{label}} before {{text}}: the label is scored as the "
+                f"continuation of everything before it, so {{text}} must come first"
+            )
         if "" in names or any(name.isdigit() for name in names):
             raise ValueError(f"template {pattern!r} has a positional slot {{}}; use named slots like {{text}}")
         missing = sorted({n for n in names if n not in ("text", "label") and n not in fields})
         if missing:
-            raise ValueError(f"template {pattern!r} has slots {missing} without values; pass them as keyword "
-                             f"arguments, e.g. Template(pattern, {missing[0]}='...')")
+            raise ValueError(
+                f"template {pattern!r} has slots {missing} without values; pass them as keyword "
+                f"arguments, e.g. Template(pattern, {missing[0]}='...')"
+            )
         for _, name, spec, conversion in parsed:
             if name is not None and (spec or conversion):
                 raise ValueError(f"template {pattern!r}: slot {{{name}}} must not have a format spec or conversion")
@@ -158,7 +170,7 @@ class Template:
     def _split(self, text: str) -> tuple[str, str]:
         head = self._fill(self._before, text)
         stripped = head.rstrip()
-        gap = head[len(stripped):]
+        gap = head[len(stripped) :]
         if not self.has_label_slot:
             gap = " "
         return stripped, gap
@@ -181,7 +193,11 @@ class Template:
 
     def __eq__(self, other: Any) -> bool:
         return isinstance(other, Template) and (self.pattern, self.separator, self.instructions, self.fields) == (
-            other.pattern, other.separator, other.instructions, other.fields)
+            other.pattern,
+            other.separator,
+            other.instructions,
+            other.fields,
+        )
 
     def __hash__(self) -> int:
         return hash((self.pattern, self.separator, self.instructions, tuple(sorted(self.fields.items()))))
@@ -243,8 +259,10 @@ class Verbalizer:
         """Raises ``ValueError`` naming the first label that has no label words."""
         for label in dict.fromkeys(labels):
             if label not in self.words:
-                raise ValueError(f"label {label!r} is missing from the verbalizer (labels with words: "
-                                 f"{list(self.labels)}); add label words for it")
+                raise ValueError(
+                    f"label {label!r} is missing from the verbalizer (labels with words: "
+                    f"{list(self.labels)}); add label words for it"
+                )
 
     def __repr__(self) -> str:
         return f"Verbalizer({ {k: list(v) for k, v in self.words.items()} })"
@@ -261,8 +279,15 @@ class Verbalizer:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def candidate_scores(module: Any, params: Any, prompt_ids: Array, prompt_mask: Array, cont_ids: Array,
-                     cont_mask: Array, reduce: str = "sum") -> Array:
+def candidate_scores(
+    module: Any,
+    params: Any,
+    prompt_ids: Array,
+    prompt_mask: Array,
+    cont_ids: Array,
+    cont_mask: Array,
+    reduce: str = "sum",
+) -> Array:
     """Log-probabilities of every candidate continuation after every prompt (differentiable, not jitted).
 
     The prompts run once through ``module`` filling a KV cache of ``P + T`` slots; the continuations are ``vmap``-ed
@@ -315,8 +340,9 @@ def _score(module, params, prompt_ids, prompt_mask, cont_ids, cont_mask, members
     """``[Q, O, P]`` prompts (queries x demonstration orders) -> ``[Q, O, L]`` label scores, in one compiled call."""
     TRACE_COUNTS["score"] += 1
     queries, orders, length = prompt_ids.shape
-    flat = candidate_scores(module, params, prompt_ids.reshape(-1, length), prompt_mask.reshape(-1, length),
-                            cont_ids, cont_mask, reduce)
+    flat = candidate_scores(
+        module, params, prompt_ids.reshape(-1, length), prompt_mask.reshape(-1, length), cont_ids, cont_mask, reduce
+    )
     return label_scores(flat, membership).reshape(queries, orders, -1)
 
 
@@ -340,8 +366,10 @@ def _encode_candidates(tokenizer: Any, template: Template, verbalizer: Verbalize
         if not ids:
             raise ValueError(f"label word {w!r} (label {verbalizer.labels[i]!r}) tokenises to nothing")
         if unk is not None and unk in ids:
-            raise ValueError(f"label word {w!r} (label {verbalizer.labels[i]!r}) is not in the tokenizer's vocabulary "
-                             f"(it tokenises to the unknown token {getattr(tokenizer, 'unk_token', unk)!r})")
+            raise ValueError(
+                f"label word {w!r} (label {verbalizer.labels[i]!r}) is not in the tokenizer's vocabulary "
+                f"(it tokenises to the unknown token {getattr(tokenizer, 'unk_token', unk)!r})"
+            )
     width = max(len(ids) for ids in encoded)
     ids = np.zeros((len(words), width), np.int32)
     mask = np.zeros((len(words), width), np.int32)
@@ -367,8 +395,10 @@ def truncate_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int | None)
         return texts
     try:
         enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-        return [t if len(offsets) <= max_tokens else t[: offsets[max_tokens - 1][1]]
-                for t, offsets in zip(texts, enc["offset_mapping"])]
+        return [
+            t if len(offsets) <= max_tokens else t[: offsets[max_tokens - 1][1]]
+            for t, offsets in zip(texts, enc["offset_mapping"])
+        ]
     except (NotImplementedError, KeyError, TypeError):  # slow tokenizers: cut at words
         return [" ".join(t.split()[:max_tokens]) for t in texts]
 
@@ -491,8 +521,10 @@ class PromptClassifier:
         if reduce not in REDUCTIONS:
             raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
         if selection == "nearest" and demonstrations and embed_fn is None:
-            raise ValueError("selection='nearest' needs embed_fn (texts -> [n, d] sentence embeddings), e.g. "
-                             "MiniLM through fj.models.sentence_embedding")
+            raise ValueError(
+                "selection='nearest' needs embed_fn (texts -> [n, d] sentence embeddings), e.g. "
+                "MiniLM through fj.models.sentence_embedding"
+            )
         if embed_fn is not None and not callable(embed_fn):
             raise TypeError(f"embed_fn must be callable texts -> [n, d], got {type(embed_fn).__name__}")
         self.lm_module = lm_module
@@ -586,8 +618,10 @@ class PromptClassifier:
                 order = rng.permutation(pool)
             else:
                 codes = {label: i for i, label in enumerate(dict.fromkeys(self.pool_labels_))}
-                per_class = [list(rng.permutation(np.flatnonzero(
-                    np.asarray([codes[y] for y in self.pool_labels_]) == c))) for c in range(len(codes))]
+                per_class = [
+                    list(rng.permutation(np.flatnonzero(np.asarray([codes[y] for y in self.pool_labels_]) == c)))
+                    for c in range(len(codes))
+                ]
                 class_order = rng.permutation(len(per_class))
                 order = []
                 while any(per_class):
@@ -625,12 +659,15 @@ class PromptClassifier:
         limit = self.lm_module.config.n_positions
         for i, ids in enumerate(encoded):
             if not ids:
-                raise ValueError(f"prompt {i} is empty after tokenisation ({prompts[i]!r}); the template must render "
-                                 "some text before the label")
+                raise ValueError(
+                    f"prompt {i} is empty after tokenisation ({prompts[i]!r}); the template must render "
+                    "some text before the label"
+                )
             if len(ids) + width > limit:
                 raise ValueError(
                     f"prompt {i} is {len(ids)} tokens + {width} label tokens = {len(ids) + width}, longer than the "
-                    f"context window n_positions={limit}; use fewer demonstrations or set max_text_tokens")
+                    f"context window n_positions={limit}; use fewer demonstrations or set max_text_tokens"
+                )
         longest = max(len(ids) for ids in encoded)
         length = min(-(-longest // self.length_multiple) * self.length_multiple, limit - width)
         queries = len(encoded) // self.orders
@@ -640,14 +677,24 @@ class PromptClassifier:
         for q in range(padded):
             for o in range(self.orders):
                 seq = encoded[(q if q < queries else 0) * self.orders + o]  # pad with copies of the first query
-                ids[q, o, length - len(seq):] = seq
-                mask[q, o, length - len(seq):] = 1
+                ids[q, o, length - len(seq) :] = seq
+                mask[q, o, length - len(seq) :] = 1
         cand = self._candidates
         out = []
         for start in range(0, padded, self.batch_size):
             sl = slice(start, start + self.batch_size)
-            out.append(_score(self.lm_module, self.params, ids[sl], mask[sl], cand.ids, cand.mask, cand.membership,
-                              reduce=self.reduce))
+            out.append(
+                _score(
+                    self.lm_module,
+                    self.params,
+                    ids[sl],
+                    mask[sl],
+                    cand.ids,
+                    cand.mask,
+                    cand.membership,
+                    reduce=self.reduce,
+                )
+            )
         return np.asarray(jnp.concatenate(out))[:queries]
 
     def _scores(self, texts: list[str], exclude: np.ndarray | None = None) -> np.ndarray:
@@ -658,8 +705,9 @@ class PromptClassifier:
         cf_rows = 0
         if self.calibrate:
             cf_rows = 1 if shared else n
-            prompts += [self._context(demos[i, o], self.content_free) for i in range(cf_rows)
-                        for o in range(self.orders)]
+            prompts += [
+                self._context(demos[i, o], self.content_free) for i in range(cf_rows) for o in range(self.orders)
+            ]
         scores = self._score_prompts(prompts)  # [n + cf_rows, orders, labels]
         s = scores[:n]
         if self.calibrate:
@@ -701,9 +749,13 @@ class PromptClassifier:
 
     # ------------------------------------------------------------------ prompt search
 
-    def search_prompts(self, candidate_templates: Sequence[Template | str],
-                       candidate_verbalizers: Sequence[Verbalizer | Mapping], texts: Sequence[str],
-                       labels: Sequence[Hashable]) -> PromptSearchResult:
+    def search_prompts(
+        self,
+        candidate_templates: Sequence[Template | str],
+        candidate_verbalizers: Sequence[Verbalizer | Mapping],
+        texts: Sequence[str],
+        labels: Sequence[Hashable],
+    ) -> PromptSearchResult:
         """Picks the template x verbaliser pair with the best leave-one-out accuracy on ``(texts, labels)`` and
         keeps it (``self`` is refitted on ``(texts, labels)``).
 
@@ -751,8 +803,9 @@ class PromptClassifier:
         return PromptSearchResult(best[0], best[1], best[2], table)
 
 
-def sentence_embed_fn(path_or_name: str = "all-MiniLM-L6-v2", max_length: int = 128,
-                      batch_size: int = 32) -> Callable[[list[str]], np.ndarray]:
+def sentence_embed_fn(
+    path_or_name: str = "all-MiniLM-L6-v2", max_length: int = 128, batch_size: int = 32
+) -> Callable[[list[str]], np.ndarray]:
     """An ``embed_fn`` for ``selection="nearest"``: sentence embeddings of a BERT folder (default the bundled
     all-MiniLM-L6-v2) through :func:`fsl_jax.models.sentence_embedding`, ``batch_size`` texts per compiled call.
 
@@ -773,7 +826,7 @@ def sentence_embed_fn(path_or_name: str = "all-MiniLM-L6-v2", max_length: int = 
     def embed(texts: list[str]) -> np.ndarray:
         out = []
         for start in range(0, len(texts), batch_size):
-            chunk = list(texts[start: start + batch_size])
+            chunk = list(texts[start : start + batch_size])
             chunk += [""] * (batch_size - len(chunk))
             enc = tokenizer(chunk, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
             out.append(np.asarray(apply(params, enc["input_ids"], enc["attention_mask"])))
@@ -840,16 +893,29 @@ def generate_text(
     longest = max(len(ids) for ids in encoded)
     length = max(longest, min(-(-longest // length_multiple) * length_multiple, limit - max_new_tokens))
     if length + max_new_tokens > limit:
-        raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the context window "
-                         f"n_positions={limit}")
+        raise ValueError(
+            f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the context window "
+            f"n_positions={limit}"
+        )
     ids = np.full((len(encoded), length), _pad_id(tokenizer), np.int32)
     mask = np.zeros_like(ids)
     for r, seq in enumerate(encoded):
-        ids[r, length - len(seq):] = seq
-        mask[r, length - len(seq):] = 1
+        ids[r, length - len(seq) :] = seq
+        mask[r, length - len(seq) :] = 1
     eos = getattr(tokenizer, "eos_token_id", None) if stop_at_eos else None
-    out = np.asarray(generate(lm_module, params, ids, mask, max_new_tokens, key=key, temperature=temperature,
-                              top_k=top_k, eos_token_id=eos))[:, length:]
+    out = np.asarray(
+        generate(
+            lm_module,
+            params,
+            ids,
+            mask,
+            max_new_tokens,
+            key=key,
+            temperature=temperature,
+            top_k=top_k,
+            eos_token_id=eos,
+        )
+    )[:, length:]
     stop_ids = {int(s) for s in stop if isinstance(s, (int, np.integer))} | ({eos} if eos is not None else set())
     stop_strings = [s for s in stop if isinstance(s, str) and s]
     texts = []

@@ -39,28 +39,48 @@ def add_text_parser(subparsers: Any) -> argparse.ArgumentParser:
     from fsl_jax.llm.finetune import METHODS
 
     p = subparsers.add_parser(
-        "text", help="few-shot text classification with BERT (head / finetune / setfit / protonet / anil)",
+        "text",
+        help="few-shot text classification with BERT (head / finetune / setfit / protonet / anil)",
         description="Fits a few-shot text classifier on --draws random support sets of --shots texts per class and "
-                    "reports test accuracy (mean +- 95 % CI over draws) and per-class precision / recall / F1.")
-    p.add_argument("--method", "--learner", dest="method", choices=METHODS, default="head",
-                   help="few-shot method (default: head); --learner is the same flag, as in 'fsl-jax train'")
-    p.add_argument("--data", default="bbc",
-                   help="'bbc' (bundled BBC News, 5 topics) or a .csv / .tsv / .jsonl / .json file (default: bbc)")
+        "reports test accuracy (mean +- 95 % CI over draws) and per-class precision / recall / F1.",
+    )
+    p.add_argument(
+        "--method",
+        "--learner",
+        dest="method",
+        choices=METHODS,
+        default="head",
+        help="few-shot method (default: head); --learner is the same flag, as in 'fsl-jax train'",
+    )
+    p.add_argument(
+        "--data",
+        default="bbc",
+        help="'bbc' (bundled BBC News, 5 topics) or a .csv / .tsv / .jsonl / .json file (default: bbc)",
+    )
     p.add_argument("--text-column", default="text", help="text column of --data files (default: text)")
     p.add_argument("--label-column", default="label", help="label column of --data files (default: label)")
-    p.add_argument("--backbone", default="all-MiniLM-L6-v2",
-                   help="BERT folder or 'all-MiniLM-L6-v2' (default: all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--backbone", default="all-MiniLM-L6-v2", help="BERT folder or 'all-MiniLM-L6-v2' (default: all-MiniLM-L6-v2)"
+    )
     p.add_argument("--shots", type=int, default=8, help="support texts per class (default 8)")
     p.add_argument("--draws", type=int, default=10, help="random support draws (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--test-per-class", type=int, default=None,
-                   help="fixed test texts per class (default: every text outside the support set)")
+    p.add_argument(
+        "--test-per-class",
+        type=int,
+        default=None,
+        help="fixed test texts per class (default: every text outside the support set)",
+    )
     p.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
     p.add_argument("--steps", type=int, default=None, help="finetune / setfit steps (default: per method)")
     p.add_argument("--learning-rate", type=float, default=None, help="encoder learning rate (default: per method)")
     p.add_argument("--batch-size", type=int, default=16, help="texts (finetune) or pairs (setfit) per step")
-    p.add_argument("--meta-train-steps", type=int, default=None,
-                   help="protonet / anil episodic meta-training steps (default: protonet 0, anil 10)")
+    p.add_argument(
+        "--meta-train-steps",
+        type=int,
+        default=None,
+        help="protonet / anil episodic meta-training steps (default: protonet 0, anil 10)",
+    )
     p.add_argument("--out", default=None, help="folder for results.json (default: none written)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
@@ -97,12 +117,19 @@ def run_text(args: argparse.Namespace) -> int:
         dataset, data_name = load_text_file(args.data, args.text_column, args.label_column), os.path.basename(args.data)
     show_progress = not args.no_progress
     fixed_test = args.test_per_class is not None
-    settings = dict(method=args.method, max_length=args.max_length, steps=args.steps,
-                    learning_rate=args.learning_rate, batch_size=args.batch_size,
-                    meta_train_steps=args.meta_train_steps)
-    print(f"{data_name}: {len(dataset)} texts, {len(dataset.label_names)} classes; method {args.method}, "
-          f"{args.shots} shots per class, {args.draws} draws"
-          + (f", fixed test set of {args.test_per_class} per class" if fixed_test else ""))
+    settings = dict(
+        method=args.method,
+        max_length=args.max_length,
+        steps=args.steps,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        meta_train_steps=args.meta_train_steps,
+    )
+    print(
+        f"{data_name}: {len(dataset)} texts, {len(dataset.label_names)} classes; method {args.method}, "
+        f"{args.shots} shots per class, {args.draws} draws"
+        + (f", fixed test set of {args.test_per_class} per class" if fixed_test else "")
+    )
 
     accuracies, fit_seconds, draws = [], [], []
     pooled_true: list = []
@@ -111,8 +138,12 @@ def run_text(args: argparse.Namespace) -> int:
     bar = progress(range(args.draws), desc=f"text {args.method}", disable=not show_progress)
     for d in bar:
         support_x, support_y, test_x, test_y = few_shot_split(
-            dataset, args.shots, seed=args.seed * 100_003 + d + 1, test_per_class=args.test_per_class,
-            test_seed=args.seed if fixed_test else None)
+            dataset,
+            args.shots,
+            seed=args.seed * 100_003 + d + 1,
+            test_per_class=args.test_per_class,
+            test_seed=args.seed if fixed_test else None,
+        )
         clf = FewShotTextClassifier(args.backbone, seed=args.seed + d, progress=show_progress, **settings)
         t0 = time.perf_counter()
         clf.fit(support_x, support_y)
@@ -123,8 +154,16 @@ def run_text(args: argparse.Namespace) -> int:
         fit_seconds.append(fit_s)
         pooled_true += list(test_y)
         pooled_pred += predictions
-        draws.append({"draw": d, "accuracy": accuracy, "fit_seconds": fit_s,
-                      "seconds": time.perf_counter() - t0, "support_size": len(support_x), "test_size": len(test_x)})
+        draws.append(
+            {
+                "draw": d,
+                "accuracy": accuracy,
+                "fit_seconds": fit_s,
+                "seconds": time.perf_counter() - t0,
+                "support_size": len(support_x),
+                "test_size": len(test_x),
+            }
+        )
         bar.set_postfix(acc=f"{accuracy:.3f}")
     bar.close()
     total_s = time.perf_counter() - t_start
@@ -134,25 +173,40 @@ def run_text(args: argparse.Namespace) -> int:
 
     names = list(dataset.label_names)
     labels = as_text(names)
-    report = classification_report(as_text(pooled_true), as_text(pooled_pred), labels=labels,
-                                   label_names=[str(n) for n in names])
+    report = classification_report(
+        as_text(pooled_true), as_text(pooled_pred), labels=labels, label_names=[str(n) for n in names]
+    )
     ci = mean_ci(accuracies)
     print()
     print(f"per-class scores, pooled over {args.draws} draws ({len(pooled_true)} test predictions):")
     print(report.to_string(digits=3))
     ci_text = f"{100 * ci.mean:.2f} +- {100 * ci.ci95:.2f} %" if args.draws > 1 else f"{100 * ci.mean:.2f} %"
-    print(f"accuracy over {args.draws} draws: {ci_text} (95% CI); per draw: "
-          + ", ".join(f"{100 * a:.1f}" for a in accuracies))
+    print(
+        f"accuracy over {args.draws} draws: {ci_text} (95% CI); per draw: "
+        + ", ".join(f"{100 * a:.1f}" for a in accuracies)
+    )
     print(f"time: {total_s:.1f} s in total, fit {np.mean(fit_seconds):.1f} s per draw on average")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         result = {
-            "data": args.data, "backbone": args.backbone, "shots": args.shots, "draws": args.draws,
-            "seed": args.seed, "test_per_class": args.test_per_class, "settings": settings,
-            "accuracy": {"mean": ci.mean, "ci95": None if args.draws == 1 else ci.ci95,
-                         "std": None if args.draws == 1 else ci.std, "per_draw": accuracies},
-            "seconds": total_s, "draw_details": draws, "label_names": [str(n) for n in names],
-            "report": report.as_dict(), "confusion_matrix": report.confusion_matrix.tolist(),
+            "data": args.data,
+            "backbone": args.backbone,
+            "shots": args.shots,
+            "draws": args.draws,
+            "seed": args.seed,
+            "test_per_class": args.test_per_class,
+            "settings": settings,
+            "accuracy": {
+                "mean": ci.mean,
+                "ci95": None if args.draws == 1 else ci.ci95,
+                "std": None if args.draws == 1 else ci.std,
+                "per_draw": accuracies,
+            },
+            "seconds": total_s,
+            "draw_details": draws,
+            "label_names": [str(n) for n in names],
+            "report": report.as_dict(),
+            "confusion_matrix": report.confusion_matrix.tolist(),
         }
         path = os.path.join(args.out, "results.json")
         with open(path, "w", encoding="utf-8") as f:

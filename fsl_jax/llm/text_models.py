@@ -40,15 +40,23 @@ import jax.numpy as jnp
 
 from fsl_jax.models.bert import Bert, BertConfig, l2_normalize, mean_pool
 
-__all__ = ["Backbone", "BertClassifier", "BertEncoder", "classifier_variables", "encoder_variables", "load_backbone",
-           "pooled_features"]
+__all__ = [
+    "Backbone",
+    "BertClassifier",
+    "BertEncoder",
+    "classifier_variables",
+    "encoder_variables",
+    "load_backbone",
+    "pooled_features",
+]
 
 Array = Any
 Dtype = Any
 
 
-def pooled_features(bert: Bert, input_ids: Array, pad_token_id: int, normalize: bool,
-                    deterministic: bool = True) -> Array:
+def pooled_features(
+    bert: Bert, input_ids: Array, pad_token_id: int, normalize: bool, deterministic: bool = True
+) -> Array:
     """Mean-pooled (optionally L2-normalised) last hidden state of ``bert`` over the non-padding tokens.
 
     ``input_ids`` may carry extra leading axes (``[..., seq]``); they are flattened for BERT and restored.
@@ -180,8 +188,7 @@ class Backbone(NamedTuple):
 
     def encoder(self, normalize: bool = True) -> tuple[BertEncoder, dict, Any]:
         """``(BertEncoder, variables, tokenizer)`` with the pretrained weights."""
-        return (BertEncoder(self.config, self.pad_token_id, normalize), encoder_variables(self.params),
-                self.tokenizer)
+        return (BertEncoder(self.config, self.pad_token_id, normalize), encoder_variables(self.params), self.tokenizer)
 
     def classifier(self, num_classes: int, key: Array | None = None, **kwargs: Any) -> tuple[BertClassifier, dict, Any]:
         """``(BertClassifier, variables, tokenizer)``: pretrained BERT, freshly initialised head (``key``, default
@@ -190,8 +197,10 @@ class Backbone(NamedTuple):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         module = BertClassifier(self.config, num_classes, self.pad_token_id, **kwargs)
         key = jax.random.key(0) if key is None else key
-        head = nn.Dense(num_classes, kernel_init=(nn.initializers.zeros if module.head_init == "zeros"
-                                                  else nn.initializers.normal(0.02)))
+        head = nn.Dense(
+            num_classes,
+            kernel_init=(nn.initializers.zeros if module.head_init == "zeros" else nn.initializers.normal(0.02)),
+        )
         head_params = head.init(key, jnp.zeros((1, self.config.hidden_size), jnp.float32))["params"]
         return module, classifier_variables(self.params, head_params), self.tokenizer
 

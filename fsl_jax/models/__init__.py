@@ -16,7 +16,8 @@ if _TYPE_CHECKING:  # what the lazy table below resolves to, for type checkers a
     from fsl_jax.models.resnet import ResBlock, ResNet12
 
 __getattr__, __dir__ = _lazy(
-    __name__, globals(),
+    __name__,
+    globals(),
     submodules=[],
     attributes={
         "bert": ["Bert", "BertConfig", "mean_pool", "sentence_embedding"],
@@ -29,6 +30,22 @@ __getattr__, __dir__ = _lazy(
 )
 
 __all__ = [
-    "Bert", "BertConfig", "Conv2d", "Conv4", "ConvBlock", "GPT2", "GPT2Config", "MLP", "Norm", "ResBlock", "ResNet12", "from_pretrained",
-    "generate", "im2col_conv", "max_pool_2x2", "mean_pool", "save_pretrained", "sentence_embedding",
+    "Bert",
+    "BertConfig",
+    "Conv2d",
+    "Conv4",
+    "ConvBlock",
+    "GPT2",
+    "GPT2Config",
+    "MLP",
+    "Norm",
+    "ResBlock",
+    "ResNet12",
+    "from_pretrained",
+    "generate",
+    "im2col_conv",
+    "max_pool_2x2",
+    "mean_pool",
+    "save_pretrained",
+    "sentence_embedding",
 ]

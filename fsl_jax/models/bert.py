@@ -142,9 +142,7 @@ class BertOutput(NamedTuple):
 
 
 def _dense(features: int, name: str, dtype: Dtype, param_dtype: Dtype, std: float = 0.02) -> nn.Dense:
-    return nn.Dense(
-        features, dtype=dtype, param_dtype=param_dtype, kernel_init=nn.initializers.normal(std), name=name
-    )
+    return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, kernel_init=nn.initializers.normal(std), name=name)
 
 
 def _layer_norm(eps: float, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
@@ -156,8 +154,9 @@ def attention_bias(mask: Array, dtype: Dtype) -> Array:
     return jnp.where(mask, jnp.zeros((), dtype), jnp.asarray(jnp.finfo(dtype).min, dtype))
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, bias: Array, dropout: nn.Dropout | None,
-                          deterministic: bool, scale: float) -> Array:
+def dot_product_attention(
+    q: Array, k: Array, v: Array, bias: Array, dropout: nn.Dropout | None, deterministic: bool, scale: float
+) -> Array:
     """Multi-head attention core: ``softmax(q k^T * scale + bias) v``; ``q``/``k``/``v`` are ``[b, t, heads, d]``.
 
     The softmax runs in float32 whatever the compute dtype.
@@ -182,8 +181,14 @@ class BertEmbeddings(nn.Module):
         cfg = self.config
 
         def embed(n: int, name: str) -> nn.Embed:
-            return nn.Embed(n, cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                            embedding_init=nn.initializers.normal(0.02), name=name)
+            return nn.Embed(
+                n,
+                cfg.hidden_size,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                embedding_init=nn.initializers.normal(0.02),
+                name=name,
+            )
 
         positions = jnp.arange(input_ids.shape[1])[None, :]
         x = (
@@ -206,7 +211,7 @@ class BertSelfAttention(nn.Module):
         cfg = self.config
         heads = cfg.num_attention_heads
         head_dim = cfg.hidden_size // heads
-        split = lambda y: y.reshape(y.shape[:-1] + (heads, head_dim))  # noqa: E731
+        split = lambda y: y.reshape(y.shape[:-1] + (heads, head_dim))
         q, k, v = (
             split(_dense(cfg.hidden_size, name, self.dtype, self.param_dtype)(x)) for name in ("query", "key", "value")
         )
@@ -269,8 +274,13 @@ class Bert(nn.Module):
     add_pooling_layer: bool = True
 
     @nn.compact
-    def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids: Array | None = None,
-                 deterministic: bool = True) -> BertOutput:
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        deterministic: bool = True,
+    ) -> BertOutput:
         cfg = self.config
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
@@ -321,8 +331,9 @@ def l2_normalize(x: Array, eps: float = 1e-12) -> Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
-def sentence_embedding(module: Bert, params: Any, input_ids: Array, attention_mask: Array,
-                       token_type_ids: Array | None = None) -> Array:
+def sentence_embedding(
+    module: Bert, params: Any, input_ids: Array, attention_mask: Array, token_type_ids: Array | None = None
+) -> Array:
     """Sentence embeddings as all-MiniLM-L6-v2 defines them: mean-pool the last hidden state over the non-padding
     tokens, then L2-normalise. Returns float32 ``[batch, hidden]``.
 

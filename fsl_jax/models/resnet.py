@@ -29,12 +29,12 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        shortcut = Conv2d(self.features, 1, use_bias=False, conv_impl=self.conv_impl, dtype=self.dtype,
-                          name="shortcut_conv")(x)
+        shortcut = Conv2d(
+            self.features, 1, use_bias=False, conv_impl=self.conv_impl, dtype=self.dtype, name="shortcut_conv"
+        )(x)
         shortcut = Norm(self.norm, name="shortcut_norm")(shortcut)
         for i in range(3):
-            x = Conv2d(self.features, 3, use_bias=False, conv_impl=self.conv_impl, dtype=self.dtype,
-                       name=f"conv{i}")(x)
+            x = Conv2d(self.features, 3, use_bias=False, conv_impl=self.conv_impl, dtype=self.dtype, name=f"conv{i}")(x)
             x = Norm(self.norm, name=f"norm{i}")(x)
             if i < 2:
                 x = nn.leaky_relu(x, self.negative_slope)
