@@ -118,8 +118,9 @@ def describe(value: Any, depth: int = 0) -> Any:
         return {"type": type(value).__name__, **{k: describe(getattr(value, k), depth + 1) for k in value._fields}}
     if inspect.isfunction(value):
         name = _function_name(value)
-        if name.endswith("with_extra_args_support.update") and "tx" in (value.__code__.co_freevars or ()):
-            return describe(value.__closure__[value.__code__.co_freevars.index("tx")].cell_contents, depth)
+        cells = value.__closure__ or ()
+        if name.endswith("with_extra_args_support.update") and "tx" in value.__code__.co_freevars and cells:
+            return describe(cells[value.__code__.co_freevars.index("tx")].cell_contents, depth)
         closure = _closure(value, depth)
         return {"fn": name, **closure} if closure else name
     if callable(value):

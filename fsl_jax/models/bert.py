@@ -347,5 +347,5 @@ def sentence_embedding(
         >>> [round(float(s), 2) for s in emb @ emb[0]]  # cosine similarities to "a cat"
         [1.0, 0.77, 0.08]
     """
-    out = module.apply(params, input_ids, attention_mask, token_type_ids)
+    out: Any = module.apply(params, input_ids, attention_mask, token_type_ids)
     return l2_normalize(mean_pool(out.last_hidden_state, attention_mask))

