@@ -237,3 +237,13 @@ def test_the_module_level_import_graph_has_no_cycle():
     assert "fsl_jax.step" in graph["fsl_jax.checkpoint"] and "fsl_jax.train" not in graph["fsl_jax.checkpoint"]
     llm_top = [m for m in graph if m.startswith("fsl_jax.llm.") and "fsl_jax" in graph[m]]
     assert llm_top == [], f"llm modules import the package top: {llm_top}"
+    # the text classifier's method modules import concrete submodules, never fsl_jax.llm (whose lazy table they serve)
+    methods = [m for m in graph if m.startswith("fsl_jax.llm.text_methods.")]
+    assert "fsl_jax.llm.text_methods.episodic" in methods
+    assert [m for m in methods if {"fsl_jax", "fsl_jax.llm"} & graph[m]] == []
+    assert {f"fsl_jax.llm.text_methods.{m}" for m in ("head", "finetune", "setfit", "episodic")} <= graph[
+        "fsl_jax.llm.finetune"
+    ]
+    # the shared argument checks sit below everything that uses them
+    above = ("fsl_jax.learners", "fsl_jax.llm", "fsl_jax.data", "fsl_jax.train")
+    assert [m for m in graph["fsl_jax._validate"] if m.startswith(above)] == []

@@ -281,7 +281,7 @@ def test_bad_inputs_raise_naming_the_argument(tiny_bert):
         FewShotTextClassifier(tiny_bert, "svm")
     with pytest.raises(ValueError, match="setfit_loss"):
         FewShotTextClassifier(tiny_bert, "setfit", setfit_loss="triplet")
-    with pytest.raises(ValueError, match="steps must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="steps must be an int >= 1 or None, got 0"):
         FewShotTextClassifier(tiny_bert, "finetune", steps=0)
     with pytest.raises(ValueError, match="finetune_init must be one of .* got 'zero'"):
         FewShotTextClassifier(tiny_bert, "finetune", finetune_init="zero")

@@ -16,6 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from fsl_jax import _validate
+
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _MODES = {1: "L", 3: "RGB"}
 _CHOICES = ("error", "skip")
@@ -27,29 +29,19 @@ _NAMED = 5  # how many folders / files a warning or error names before "and N mo
 # ------------------------------------------------------------------------------------------------ shared helpers
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _check_hw(size: Any) -> tuple[int, int]:
     """``size`` as ``(height, width)``: an int (square) or a pair of positive ints."""
-    if _is_int(size) and size >= 1:
+    if _validate.is_int(size) and size >= 1:
         return int(size), int(size)
-    if isinstance(size, (tuple, list)) and len(size) == 2 and all(_is_int(s) and s >= 1 for s in size):
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(_validate.is_int(s) and s >= 1 for s in size):
         return int(size[0]), int(size[1])
     raise ValueError(f"size must be a positive int or a (height, width) pair of positive ints, got {size!r}")
 
 
 def _check_channels(channels: Any) -> int:
-    if not _is_int(channels) or int(channels) not in _MODES:
+    if not _validate.is_int(channels) or int(channels) not in _MODES:
         raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
     return int(channels)
-
-
-def _check_choice(name: str, value: Any) -> str:
-    if not isinstance(value, str) or value not in _CHOICES:
-        raise ValueError(f"{name} must be one of {_CHOICES}, got {value!r}")
-    return value
 
 
 def _some(items: Sequence[str]) -> str:
@@ -162,7 +154,7 @@ class ImageFolder:
         self._fingerprint: str | None = None  # of the file listing, computed on first use of `config`
 
     def _class(self, class_index: Any) -> int:
-        if not _is_int(class_index) or not 0 <= class_index < self.num_classes:
+        if not _validate.is_int(class_index) or not 0 <= class_index < self.num_classes:
             raise IndexError(f"class_index must be an int in [0, {self.num_classes}), got {class_index!r}")
         return int(class_index)
 
@@ -173,7 +165,7 @@ class ImageFolder:
         and ``FileNotFoundError`` naming it when it has gone since it was listed.
         """
         c = self._class(class_index)
-        if not _is_int(example_index) or not 0 <= example_index < self.counts[c]:
+        if not _validate.is_int(example_index) or not 0 <= example_index < self.counts[c]:
             raise IndexError(
                 f"example_index must be an int in [0, {int(self.counts[c])}) for class "
                 f"{self.class_names[c]!r}, got {example_index!r}"
@@ -286,12 +278,11 @@ def image_folder(
     """
     height_width = _check_hw(size)
     channels = _check_channels(channels)
-    if not _is_int(min_per_class) or min_per_class < 1:
-        raise ValueError(f"min_per_class must be an int >= 1, got {min_per_class!r}")
-    small_classes = _check_choice("small_classes", small_classes)
+    min_per_class = _validate.integer("min_per_class", min_per_class)
+    small_classes = _validate.choice("small_classes", small_classes, _CHOICES)
     if not isinstance(verify, (bool, np.bool_)):
         raise ValueError(f"verify must be True or False, got {verify!r}")
-    bad_files = _check_choice("bad_files", bad_files)
+    bad_files = _validate.choice("bad_files", bad_files, _CHOICES)
     root = os.path.abspath(os.path.expanduser(os.fspath(root)))
     if not os.path.exists(root):
         raise FileNotFoundError(f"image folder root {root} does not exist; expected layout {_LAYOUT}")

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from fsl_jax import _validate
 from fsl_jax.data.images import ClassDataset
 
 SPLITS = ("train", "val", "test", "all")
@@ -387,12 +388,6 @@ def _class_name(codepoint: int) -> str:
     return f"U+{codepoint:04X} {name}" if name else f"U+{codepoint:04X}"
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _load_cached(path: Path, classes: int, shape: tuple[int, int, int]) -> ClassDataset | None:
     try:
         with np.load(path, allow_pickle=False) as stored:
@@ -442,13 +437,12 @@ def glyphs(
       >>> ds.names[0]
       'U+00A1 INVERTED EXCLAMATION MARK'
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    size = _check_int("size", size, 8)
-    per_class = _check_int("per_class", per_class, 1)
-    seed = _check_int("seed", seed, 0)
+    split = _validate.choice("split", split, SPLITS)
+    size = _validate.integer("size", size, 8)
+    per_class = _validate.integer("per_class", per_class, 1)
+    seed = _validate.integer("seed", seed, 0)
     if max_classes is not None:
-        max_classes = _check_int("max_classes", max_classes, 1)
+        max_classes = _validate.integer("max_classes", max_classes, 1)
     catalogue = _catalogue(cache_dir)
     chosen = np.arange(len(catalogue.codepoints)) if split == "all" else np.flatnonzero(catalogue.splits == split)
     chosen = chosen[:max_classes]

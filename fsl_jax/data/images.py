@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
+from fsl_jax import _validate
 from fsl_jax.data.folders import _IMAGE_SUFFIXES  # noqa: F401  (kept importable from here)
 from fsl_jax.data.folders import ImageFolder, _decode_image, _list_folders, _list_images
 
@@ -46,18 +47,6 @@ class ClassDataset(NamedTuple):
     data: np.ndarray
     names: tuple[str, ...]
     split: str
-
-
-def _check_size(size: Any) -> int:
-    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
-    return int(size)
-
-
-def _check_split(split: Any, allowed: tuple[str, ...]) -> str:
-    if split not in allowed:
-        raise ValueError(f"split must be one of {allowed}, got {split!r}")
-    return split
 
 
 def _load_image(path: Path, size: int, mode: str) -> np.ndarray:
@@ -141,8 +130,8 @@ def omniglot(root: str | os.PathLike[str], split: str = "background", size: int 
       >>> int(ds.data.max())  # inverted: the white paper is 0
       0
     """
-    split = _check_split(split, _OMNIGLOT_SPLITS)
-    size = _check_size(size)
+    split = _validate.choice("split", split, _OMNIGLOT_SPLITS)
+    size = _validate.positive_int("size", size)
     root = Path(root).expanduser()
     layout = _OMNIGLOT_LAYOUT.format(split=split)
     if not root.is_dir():
@@ -261,8 +250,8 @@ def mini_imagenet(root: str | os.PathLike[str], split: str = "train", size: int 
       >>> ds.data.shape, ds.data.dtype, ds.names  # classes sorted by label
       ((2, 3, 32, 32, 3), dtype('uint8'), ('n01', 'n02'))
     """
-    split = _check_split(split, _MINI_IMAGENET_SPLITS)
-    size = _check_size(size)
+    split = _validate.choice("split", split, _MINI_IMAGENET_SPLITS)
+    size = _validate.positive_int("size", size)
     root = Path(root).expanduser()
     layout = _MINI_IMAGENET_LAYOUT.format(split=split)
     if not root.is_dir():

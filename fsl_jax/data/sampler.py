@@ -17,21 +17,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fsl_jax import _validate
 from fsl_jax._config import describe
 from fsl_jax.data.episodes import ArraySource
 from fsl_jax.tasks import Task
 
 
-def _check_count(name: str, value: Any, minimum: int = 1) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_episode(ways: Any, shots: Any, queries: Any, num_classes: int, per_class: int) -> tuple[int, int, int]:
-    ways = _check_count("ways", ways)
-    shots = _check_count("shots", shots)
-    queries = _check_count("queries", queries)
+    ways = _validate.integer("ways", ways)
+    shots = _validate.integer("shots", shots)
+    queries = _validate.integer("queries", queries)
     if ways > num_classes:
         raise ValueError(f"ways={ways} exceeds the {num_classes} classes in data")
     if shots + queries > per_class:
@@ -43,7 +38,7 @@ def _check_episode(ways: Any, shots: Any, queries: Any, num_classes: int, per_cl
 
 def check_rows(num_tasks: Any, start: Any, stop: Any) -> tuple[int, int]:
     """Validates ``num_tasks`` and the row range ``start:stop`` (``stop=None``: to the end) of a batch."""
-    _check_count("num_tasks", num_tasks)
+    _validate.integer("num_tasks", num_tasks)
     stop = num_tasks if stop is None else stop
     if not (
         isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer)) and 0 <= start < stop <= num_tasks
@@ -121,7 +116,7 @@ class DeviceSampler:
 
     def sample(self, key: jax.Array, num_tasks: int) -> Task:
         """A batch of ``num_tasks`` tasks with a leading task axis (jittable; ``num_tasks`` must be static)."""
-        _check_count("num_tasks", num_tasks)
+        _validate.integer("num_tasks", num_tasks)
         return jax.vmap(self.sample_one)(jax.random.split(key, num_tasks))
 
     @property

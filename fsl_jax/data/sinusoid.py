@@ -6,21 +6,16 @@ Each task is ``y = A sin(x - phi)`` with amplitude ``A ~ U[0.1, 5]``, phase ``ph
 
 from __future__ import annotations
 
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from fsl_jax import _validate
 from fsl_jax.tasks import Task
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, jnp.pi)
 X_RANGE = (-5.0, 5.0)
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def sinusoid_params(key: jax.Array, num_tasks: int) -> tuple[jax.Array, jax.Array]:
@@ -51,7 +46,7 @@ def sinusoid_tasks(key: jax.Array, num_tasks: int, shots: int, queries: int) -> 
       (25, 10, 1)
     """
     for name, value in (("num_tasks", num_tasks), ("shots", shots), ("queries", queries)):
-        _check_positive(name, value)
+        _validate.positive_int(name, value)
     k_task, k_x = jax.random.split(key)
     amp, phase = sinusoid_params(k_task, num_tasks)
     x = jax.random.uniform(k_x, (num_tasks, shots + queries, 1), minval=X_RANGE[0], maxval=X_RANGE[1])

@@ -36,6 +36,8 @@ from typing import Any, Hashable, NamedTuple, Sequence
 
 import numpy as np
 
+from fsl_jax import _validate
+
 __all__ = [
     "TextDataset",
     "TokenizedClasses",
@@ -288,12 +290,6 @@ def load_text_file(path: str | os.PathLike, text_column: str = "text", label_col
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def few_shot_split(
     dataset: TextDataset,
     shots: int,
@@ -331,9 +327,9 @@ def few_shot_split(
     """
     if not isinstance(dataset, TextDataset):
         raise TypeError(f"dataset must be a TextDataset, got {type(dataset).__name__}")
-    shots = _check_int("shots", shots, 1)
+    shots = _validate.integer("shots", shots, 1)
     if test_per_class is not None:
-        test_per_class = _check_int("test_per_class", test_per_class, 1)
+        test_per_class = _validate.integer("test_per_class", test_per_class, 1)
     needed = shots + (test_per_class or 1)
     groups = dataset.indices_by_class()
     for name, idx in zip(dataset.label_names, groups):
@@ -376,7 +372,7 @@ def tokenize(texts: Sequence[str], tokenizer: Any, max_length: int) -> tuple[np.
         >>> ids.tolist(), mask.tolist()  # [CLS] a cat [SEP], then padding (id 0)
         ([[101, 1037, 4937, 102, 0, 0, 0, 0]], [[1, 1, 1, 1, 0, 0, 0, 0]])
     """
-    max_length = _check_int("max_length", max_length, 2)
+    max_length = _validate.integer("max_length", max_length, 2)
     if isinstance(texts, str):
         raise TypeError("texts must be a sequence of strings, got a single str")
     if not texts:
@@ -476,7 +472,7 @@ def tokenize_classes(
     """
     if not isinstance(dataset, TextDataset):
         raise TypeError(f"dataset must be a TextDataset, got {type(dataset).__name__}")
-    max_length = _check_int("max_length", max_length, 2)
+    max_length = _validate.integer("max_length", max_length, 2)
     pad = getattr(tokenizer, "pad_token_id", None)
     if pad is None:
         raise ValueError(f"tokenizer {tokenizer_name(tokenizer)} has no pad_token_id; set tokenizer.pad_token first")

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fsl_jax import _validate
 from fsl_jax._config import records_config
 from fsl_jax.learners.base import Learner, resolve_loss, way_mask_kwargs
 from fsl_jax.tasks import Task
@@ -125,14 +126,11 @@ def imaml(
       >>> int(state.step), bool(metrics["finite"])
       (1, True)
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a flax.linen.Module, got {type(model).__name__}")
+    _validate.module("model", model)
     for name, value in (("inner_steps", inner_steps), ("cg_steps", cg_steps)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        _validate.positive_int(name, value)
     for name, value in (("inner_lr", inner_lr), ("lam", lam)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        _validate.number(name, value)
     if hvp not in ("auto", "forward", "reverse"):
         raise ValueError(f"hvp must be 'auto', 'forward' or 'reverse', got {hvp!r}")
     loss_fn, kind = resolve_loss(loss)

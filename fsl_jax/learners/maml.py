@@ -15,6 +15,7 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 
+from fsl_jax import _validate
 from fsl_jax._config import records_config
 from fsl_jax.learners.base import Learner, resolve_loss, way_mask_kwargs
 from fsl_jax.tasks import Task
@@ -23,12 +24,9 @@ Array = Any
 
 
 def _check_common(model: Any, inner_lr: float, inner_steps: int) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a flax.linen.Module, got {type(model).__name__}")
-    if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 1:
-        raise ValueError(f"inner_steps must be a positive int, got {inner_steps!r}")
-    if not isinstance(inner_lr, (int, float)) or isinstance(inner_lr, bool) or not 0 < inner_lr < float("inf"):
-        raise ValueError(f"inner_lr must be a positive finite number, got {inner_lr!r}")
+    _validate.module("model", model)
+    _validate.positive_int("inner_steps", inner_steps)
+    _validate.number("inner_lr", inner_lr)
 
 
 RematSchedule = Any  # False | True | "step" | "sqrt" | int
@@ -152,8 +150,7 @@ def _check_plus_plus(
         if not isinstance(value, bool):
             raise TypeError(f"{name} must be a bool, got {value!r}")
     for name, value in (("multi_step_loss", multi_step_loss), ("first_order_steps", first_order_steps)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int (meta-steps; 0 turns it off), got {value!r}")
+        _validate.integer(name, value, 0)  # meta-steps; 0 turns it off
     if first_order and first_order_steps:
         raise ValueError(
             f"first_order_steps={first_order_steps} (first order for the first meta-steps, then second "

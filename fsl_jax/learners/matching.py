@@ -12,9 +12,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fsl_jax import _validate
 from fsl_jax._config import records_config
 from fsl_jax.learners.base import Learner, xent_loss
-from fsl_jax.learners.protonet import check_module, check_positive, check_ways, class_weights, cosine_similarity, embed
+from fsl_jax.learners.protonet import class_weights, cosine_similarity, embed
 from fsl_jax.tasks import Task
 
 Array = Any
@@ -141,14 +142,13 @@ def matching_net(
       >>> log_probs.shape, jnp.exp(log_probs).sum(-1).round(4).tolist()  # a distribution over the 2 classes
       ((6, 2), [1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
     """
-    check_module("encoder", encoder)
-    ways = check_ways(ways)
+    _validate.module("encoder", encoder)
+    ways = _validate.ways(ways)
     if not isinstance(fce, bool):
         raise ValueError(f"fce must be a bool, got {fce!r}")
-    if not isinstance(fce_steps, int) or isinstance(fce_steps, bool) or fce_steps < 1:
-        raise ValueError(f"fce_steps must be a positive int, got {fce_steps!r}")
-    temperature = check_positive("temperature", temperature)
-    eps = check_positive("eps", eps)
+    fce_steps = _validate.positive_int("fce_steps", fce_steps)
+    temperature = _validate.number("temperature", temperature)
+    eps = _validate.number("eps", eps)
 
     def encoder_vars(params):
         return params["encoder"] if fce else params

@@ -16,39 +16,14 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from fsl_jax import _validate
 from fsl_jax._config import records_config
 from fsl_jax.learners.base import Learner, xent_loss
 from fsl_jax.tasks import Task
 
 Array = Any
 DISTANCES = ("sqeuclidean", "cosine")
-
-
-def check_ways(ways: Any) -> int:
-    """Returns ``ways`` as an int, or raises ``ValueError`` unless it is an int >= 2."""
-    if not isinstance(ways, (int, np.integer)) or isinstance(ways, bool) or ways < 2:
-        raise ValueError(f"ways must be an int >= 2, got {ways!r}")
-    return int(ways)
-
-
-def check_module(name: str, module: Any) -> nn.Module:
-    """Raises ``TypeError`` unless ``module`` is a ``flax.linen.Module``."""
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"{name} must be a flax.linen.Module, got {type(module).__name__}")
-    return module
-
-
-def check_positive(name: str, value: Any) -> float:
-    """Returns ``value`` as a float, or raises ``ValueError`` unless it is a finite number > 0."""
-    if (
-        not isinstance(value, (int, float, np.integer, np.floating))
-        or isinstance(value, bool)
-        or not (np.isfinite(value) and value > 0)
-    ):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
 
 
 def embed(encoder: nn.Module, variables: Any, x: Array) -> Array:
@@ -164,11 +139,10 @@ def protonet(
     Meta-training is :func:`fsl_jax.make_meta_step` with this learner, e.g. on tasks drawn by a
     :class:`fsl_jax.data.DeviceSampler` (``sampler=sampler.sample``).
     """
-    check_module("encoder", encoder)
-    ways = check_ways(ways)
-    if distance not in DISTANCES:
-        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-    temperature = check_positive("temperature", temperature)
+    _validate.module("encoder", encoder)
+    ways = _validate.ways(ways)
+    _validate.choice("distance", distance, DISTANCES)
+    temperature = _validate.number("temperature", temperature)
 
     def split(params):
         if learn_temperature:

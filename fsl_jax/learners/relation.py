@@ -13,9 +13,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fsl_jax import _validate
 from fsl_jax._config import records_config
 from fsl_jax.learners.base import Learner, _check_way_mask, _weighted_mean
-from fsl_jax.learners.protonet import check_module, check_ways, class_prototypes
+from fsl_jax.learners.protonet import class_prototypes
 from fsl_jax.models.conv import Conv2d, Norm, max_pool_2x2
 from fsl_jax.tasks import Task
 
@@ -205,11 +206,12 @@ def relation_net(
       >>> scores.shape, bool(jnp.all((scores >= 0) & (scores <= 1)))
       ((2, 2), True)
     """
-    check_module("encoder", encoder)
-    relation_module = RelationModule() if relation_module is None else check_module("relation_module", relation_module)
-    ways = check_ways(ways)
-    if aggregate not in AGGREGATES:
-        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    _validate.module("encoder", encoder)
+    if relation_module is None:
+        relation_module = RelationModule()
+    relation_module = _validate.module("relation_module", relation_module)
+    ways = _validate.ways(ways)
+    _validate.choice("aggregate", aggregate, AGGREGATES)
 
     def init(key: Array, task: Task):
         enc_key, rel_key = jax.random.split(key)

@@ -20,11 +20,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from fsl_jax import _validate
 from fsl_jax._config import records_config
 from fsl_jax.learners.base import Learner, xent_loss
-from fsl_jax.learners.protonet import check_module, check_positive, check_ways, class_weights, embed, sqeuclidean
+from fsl_jax.learners.protonet import class_weights, embed, sqeuclidean
 from fsl_jax.tasks import Task
 
 Array = Any
@@ -135,17 +135,11 @@ def siamese(
       >>> sorted(aux), bool(loss > aux["query_loss"])  # loss = query cross-entropy + contrastive loss
       (['accuracy', 'query_loss'], True)
     """
-    check_module("encoder", encoder)
-    ways = check_ways(ways)
-    margin = check_positive("margin", margin)
-    if pairs is not None and (not isinstance(pairs, (int, np.integer)) or isinstance(pairs, bool) or pairs < 2):
-        raise ValueError(f"pairs must be None or an int >= 2, got {pairs!r}")
-    if (
-        not isinstance(query_loss_weight, (int, float))
-        or isinstance(query_loss_weight, bool)
-        or not (np.isfinite(query_loss_weight) and query_loss_weight >= 0)
-    ):
-        raise ValueError(f"query_loss_weight must be a number >= 0, got {query_loss_weight!r}")
+    _validate.module("encoder", encoder)
+    ways = _validate.ways(ways)
+    margin = _validate.number("margin", margin)
+    pairs = _validate.integer("pairs", pairs, 2, allow_none=True)
+    query_loss_weight = _validate.number("query_loss_weight", query_loss_weight, allow_zero=True)
 
     def init(key: Array, task: Task):
         return encoder.init(key, task.support_x)

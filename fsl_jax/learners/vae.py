@@ -34,9 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fsl_jax import _validate
 from fsl_jax._config import records_config
 from fsl_jax.learners.base import Learner, xent_loss
-from fsl_jax.learners.protonet import check_module, check_positive, check_ways, class_weights
+from fsl_jax.learners.protonet import class_weights
 from fsl_jax.tasks import Task
 
 Array = Any
@@ -206,28 +207,17 @@ def cvae_classifier(
       >>> sorted(aux), bool(loss > aux["query_loss"])  # loss = query cross-entropy + negative ELBO
       (['accuracy', 'query_loss'], True)
     """
-    if not isinstance(latent_dim, (int, np.integer)) or isinstance(latent_dim, bool) or latent_dim < 1:
-        raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
-    latent_dim = int(latent_dim)
-    encoder = VAEEncoder(latent_dim) if encoder is None else check_module("encoder", encoder)
+    latent_dim = _validate.positive_int("latent_dim", latent_dim)
+    encoder = VAEEncoder(latent_dim) if encoder is None else _validate.module("encoder", encoder)
     if decoder is not None:
-        check_module("decoder", decoder)
-    ways = check_ways(ways)
-    beta = float(check_positive("beta", beta)) if beta != 0 else 0.0
-    if not isinstance(num_samples, (int, np.integer)) or isinstance(num_samples, bool) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-    num_samples = int(num_samples)
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-    obs_std = check_positive("obs_std", obs_std)
-    if (
-        not isinstance(elbo_weight, (int, float))
-        or isinstance(elbo_weight, bool)
-        or not (np.isfinite(elbo_weight) and elbo_weight >= 0)
-    ):
-        raise ValueError(f"elbo_weight must be a number >= 0, got {elbo_weight!r}")
+        _validate.module("decoder", decoder)
+    ways = _validate.ways(ways)
+    beta = _validate.number("beta", beta) if beta != 0 else 0.0
+    num_samples = _validate.positive_int("num_samples", num_samples)
+    _validate.choice("estimator", estimator, ESTIMATORS)
+    _validate.choice("likelihood", likelihood, LIKELIHOODS)
+    obs_std = _validate.number("obs_std", obs_std)
+    elbo_weight = _validate.number("elbo_weight", elbo_weight, allow_zero=True)
 
     def decoder_for(x: Array) -> nn.Module:
         return decoder if decoder is not None else VAEDecoder(int(np.prod(x.shape[1:])))

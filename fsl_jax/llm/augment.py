@@ -28,6 +28,8 @@ from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
+from fsl_jax import _validate
+
 __all__ = [
     "Augmenter",
     "EmbeddingReplacement",
@@ -38,12 +40,6 @@ __all__ = [
     "eda",
     "token_embedding_matrix",
 ]
-
-
-def _check_fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    return float(value)
 
 
 def _count(alpha: float, n_words: int, minimum: int = 1) -> int:
@@ -59,7 +55,7 @@ class RandomSwap:
     """
 
     def __init__(self, alpha: float = 0.1):
-        self.alpha = _check_fraction("alpha", alpha)
+        self.alpha = _validate.fraction("alpha", alpha)
 
     def __call__(self, text: str, rng: np.random.Generator) -> str:
         words = text.split()
@@ -83,7 +79,7 @@ class RandomDeletion:
     """
 
     def __init__(self, p: float = 0.1):
-        self.p = _check_fraction("p", p)
+        self.p = _validate.fraction("p", p)
 
     def __call__(self, text: str, rng: np.random.Generator) -> str:
         words = text.split()
@@ -114,7 +110,7 @@ class RandomInsertion:
     """
 
     def __init__(self, alpha: float = 0.1, vocabulary: Sequence[str] | None = None, min_length: int = 3):
-        self.alpha = _check_fraction("alpha", alpha)
+        self.alpha = _validate.fraction("alpha", alpha)
         self.min_length = int(min_length)
         self.vocabulary = None if vocabulary is None else sorted(set(vocabulary))
         if self.vocabulary is not None and not self.vocabulary:
@@ -194,10 +190,8 @@ class EmbeddingReplacement:
         min_length: int = 3,
         stopwords: Sequence[str] = (),
     ):
-        self.p = _check_fraction("p", p)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-        self.top_k = top_k
+        self.p = _validate.fraction("p", p)
+        self.top_k = _validate.positive_int("top_k", top_k)
         emb = np.asarray(embeddings, np.float32)
         vocab = tokenizer.get_vocab()
         byte_level = any(t.startswith("Ġ") for t in vocab)
@@ -268,7 +262,7 @@ class Rewrite:
         if not callable(fn):
             raise TypeError(f"rewrite fn must be callable str -> str, got {type(fn).__name__}")
         self.fn = fn
-        self.p = _check_fraction("p", p)
+        self.p = _validate.fraction("p", p)
 
     def __call__(self, text: str, rng: np.random.Generator) -> str:
         if self.p < 1.0 and rng.random() >= self.p:
@@ -322,10 +316,8 @@ class Augmenter:
         for op in ops:
             if not callable(op):
                 raise TypeError(f"every op must be callable (text, rng) -> text, got {type(op).__name__}")
-        if isinstance(n_aug, bool) or not isinstance(n_aug, int) or n_aug < 0:
-            raise ValueError(f"n_aug must be a non-negative int, got {n_aug!r}")
-        if mode not in ("one", "all"):
-            raise ValueError(f"mode must be 'one' or 'all', got {mode!r}")
+        n_aug = _validate.integer("n_aug", n_aug, 0)
+        _validate.choice("mode", mode, ("one", "all"))
         self.ops, self.n_aug, self.seed, self.mode = ops, n_aug, int(seed), mode
         self.keep_original = bool(keep_original)
 

@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fsl_jax import _validate
+
 __all__ = ["agreement", "distill", "distill_loss", "kl_divergence", "teacher_logits"]
 
 Array = Any
@@ -161,11 +163,10 @@ def distill(
     """
     if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
-        raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("teacher_batch_size", teacher_batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    alpha = _validate.fraction("alpha", alpha)
+    steps = _validate.positive_int("steps", steps)
+    batch_size = _validate.positive_int("batch_size", batch_size)
+    teacher_batch_size = _validate.positive_int("teacher_batch_size", teacher_batch_size)
     arrays = tuple(jnp.asarray(a) for a in _as_tuple(inputs))
     if not arrays or any(a.ndim == 0 for a in arrays):
         raise ValueError(f"inputs must be arrays with a leading example axis, got shapes {[a.shape for a in arrays]}")

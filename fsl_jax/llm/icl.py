@@ -373,7 +373,9 @@ def meta_train_icl(
     model = ICLTransformer(num_labels=ways, n_embd=n_embd, n_layer=n_layer, n_head=n_head)
     learner = icl_learner(model)
     episode_kwargs: dict[str, Any] = dict(queries=queries, dim=dim, noise=noise, max_shots=max_shots)
-    source: Callable[..., Task] = functools.partial(gaussian_episodes, ways=ways, shots=max_shots, random_shots=True, **episode_kwargs)
+    source: Callable[..., Task] = functools.partial(
+        gaussian_episodes, ways=ways, shots=max_shots, random_shots=True, **episode_kwargs
+    )
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, learning_rate, min(warmup, max(steps // 10, 1)), steps, learning_rate * 0.05
     )

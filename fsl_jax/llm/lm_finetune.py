@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fsl_jax import _validate
 from fsl_jax.llm.prompting import (
     PromptClassifier,
     Template,
@@ -123,8 +124,7 @@ def make_lm_finetune_step(
     (train, opt_state, metrics)`` with ``train = {"lm": params, "head": head}`` and ``train`` / ``opt_state``
     donated. Parameters labelled ``"frozen"`` in ``labels_tree`` (same structure as ``train``) get no gradient.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    _validate.choice("objective", objective, OBJECTIVES)
 
     def loss_fn(train, ids, mask, y, cont_ids, cont_mask, membership):
         train = jax.tree_util.tree_map(
@@ -204,21 +204,6 @@ def _logits(module, train, ids, mask, cont_ids, cont_mask, membership, *, object
     )
 
 
-def _check_int(name: str, value: Any, minimum: int, allow_none: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_rate(name: str, value: Any, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
-    return float(value)
-
-
 def _sorted_labels(labels: Sequence[Hashable]) -> tuple:
     distinct = list(dict.fromkeys(labels))
     try:
@@ -276,12 +261,11 @@ class LMFinetuneClassifier:
         reduce: str = "sum",
         seed: int = 0,
     ):
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        _validate.choice("objective", objective, OBJECTIVES)
         if objective == "label_words" and verbalizer is None:
             raise ValueError("objective='label_words' needs a verbalizer {label: [words]}")
         n_layer = lm_module.config.n_layer
-        self.train_last_n_blocks = _check_int("train_last_n_blocks", train_last_n_blocks, 0, allow_none=True)
+        self.train_last_n_blocks = _validate.integer("train_last_n_blocks", train_last_n_blocks, 0, allow_none=True)
         if self.train_last_n_blocks is not None and self.train_last_n_blocks > n_layer:
             raise ValueError(f"train_last_n_blocks={train_last_n_blocks} exceeds the model's n_layer={n_layer}")
         if objective == "label_words" and self.train_last_n_blocks == 0:
@@ -296,16 +280,14 @@ class LMFinetuneClassifier:
             else (verbalizer if isinstance(verbalizer, Verbalizer) else Verbalizer(verbalizer))
         )
         self.objective = objective
-        self.steps = _check_int("steps", steps, 1)
-        self.learning_rate = _check_rate("learning_rate", learning_rate)
-        self.head_learning_rate = _check_rate("head_learning_rate", head_learning_rate)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.weight_decay = _check_rate("weight_decay", weight_decay, allow_zero=True)
-        self.max_length = _check_int("max_length", max_length, 1, allow_none=True)
-        self.max_text_tokens = _check_int("max_text_tokens", max_text_tokens, 1, allow_none=True)
-        if reduce not in ("sum", "mean"):
-            raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
-        self.reduce = reduce
+        self.steps = _validate.integer("steps", steps, 1)
+        self.learning_rate = _validate.number("learning_rate", learning_rate)
+        self.head_learning_rate = _validate.number("head_learning_rate", head_learning_rate)
+        self.batch_size = _validate.integer("batch_size", batch_size, 1)
+        self.weight_decay = _validate.number("weight_decay", weight_decay, allow_zero=True)
+        self.max_length = _validate.integer("max_length", max_length, 1, allow_none=True)
+        self.max_text_tokens = _validate.integer("max_text_tokens", max_text_tokens, 1, allow_none=True)
+        self.reduce = _validate.choice("reduce", reduce, ("sum", "mean"))
         self.seed = int(seed)
         if self.verbalizer is not None:
             self._candidates = _encode_candidates(tokenizer, self.template, self.verbalizer)

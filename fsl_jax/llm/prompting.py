@@ -62,6 +62,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fsl_jax import _validate
+
 __all__ = [
     "PromptClassifier",
     "PromptSearchResult",
@@ -411,12 +413,6 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _softmax(x: np.ndarray) -> np.ndarray:
     z = x - np.max(x, axis=-1, keepdims=True)
     e = np.exp(z)
@@ -516,10 +512,8 @@ class PromptClassifier:
     ):
         if not hasattr(lm_module, "init_cache") or not hasattr(lm_module, "config"):
             raise TypeError(f"lm_module must be an fsl_jax GPT2, got {type(lm_module).__name__}")
-        if selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-        if reduce not in REDUCTIONS:
-            raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+        _validate.choice("selection", selection, SELECTIONS)
+        _validate.choice("reduce", reduce, REDUCTIONS)
         if selection == "nearest" and demonstrations and embed_fn is None:
             raise ValueError(
                 "selection='nearest' needs embed_fn (texts -> [n, d] sentence embeddings), e.g. "
@@ -532,16 +526,16 @@ class PromptClassifier:
         self.tokenizer = tokenizer
         self.template = template if isinstance(template, Template) else Template(template)
         self.verbalizer = verbalizer if isinstance(verbalizer, Verbalizer) else Verbalizer(verbalizer)
-        self.demonstrations = _check_int("demonstrations", demonstrations, 0)
+        self.demonstrations = _validate.integer("demonstrations", demonstrations, 0)
         self.selection = selection
-        self.orders = _check_int("orders", orders, 1)
+        self.orders = _validate.integer("orders", orders, 1)
         self.calibrate = bool(calibrate)
         self.reduce = reduce
         self.embed_fn = embed_fn
         self.content_free = str(content_free)
-        self.max_text_tokens = None if max_text_tokens is None else _check_int("max_text_tokens", max_text_tokens, 1)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.length_multiple = _check_int("length_multiple", length_multiple, 1)
+        self.max_text_tokens = _validate.integer("max_text_tokens", max_text_tokens, 1, allow_none=True)
+        self.batch_size = _validate.integer("batch_size", batch_size, 1)
+        self.length_multiple = _validate.integer("length_multiple", length_multiple, 1)
         self.seed = int(seed)
         self._candidates = _encode_candidates(tokenizer, self.template, self.verbalizer)
         self.pool_texts_: list[str] = []
@@ -561,7 +555,7 @@ class PromptClassifier:
           ValueError: lengths differ, a label is missing from the verbaliser, or fewer texts than
             ``demonstrations`` (``"random"`` / ``"balanced"`` draw without replacement).
         """
-        texts = self._check_texts(texts)
+        texts = _validate.texts("texts", texts, allow_empty=True)
         labels = list(labels)
         if len(labels) != len(texts):
             raise ValueError(f"texts and labels differ in length: {len(texts)} vs {len(labels)}")
@@ -574,15 +568,6 @@ class PromptClassifier:
         if self.selection == "nearest" and self.demonstrations:
             self._pool_embeddings = self._embed(self.pool_texts_)
         return self
-
-    def _check_texts(self, texts: Any) -> list[str]:
-        if isinstance(texts, str):
-            raise TypeError("texts must be a sequence of strings, got a single str; wrap it in a list")
-        texts = list(texts)
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}")
-        return texts
 
     def _truncate(self, texts: list[str]) -> list[str]:
         return truncate_texts(self.tokenizer, texts, self.max_text_tokens)
@@ -718,7 +703,7 @@ class PromptClassifier:
     def prompts(self, texts: Sequence[str]) -> list[list[str]]:
         """The prompt strings that are scored for each text: ``[n][orders]`` (demonstrations + query prompt; the
         label words follow them)."""
-        texts = self._truncate(self._check_texts(texts))
+        texts = self._truncate(_validate.texts("texts", texts, allow_empty=True))
         demos, _ = self._select(texts, None)
         return [[self._context(demos[i, o], texts[i]) for o in range(self.orders)] for i in range(len(texts))]
 
@@ -729,7 +714,7 @@ class PromptClassifier:
         probability being the product of its tokens', or their geometric mean with ``reduce="mean"``). With
         calibration: ``log softmax(score - score_content_free)``. With several orders: the mean over orders.
         """
-        texts = self._check_texts(texts)
+        texts = _validate.texts("texts", texts, allow_empty=True)
         if not texts:
             return np.zeros((0, len(self.classes_)), np.float32)
         return self._scores(texts)
@@ -779,7 +764,7 @@ class PromptClassifier:
             >>> clf.template == result.template, clf.verbalizer == result.verbalizer  # the best pair is kept
             (True, True)
         """
-        texts = self._check_texts(texts)
+        texts = _validate.texts("texts", texts, allow_empty=True)
         labels = list(labels)
         if not candidate_templates or not candidate_verbalizers:
             raise ValueError("search_prompts needs at least one candidate template and one verbalizer")

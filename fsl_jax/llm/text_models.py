@@ -38,6 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fsl_jax import _validate
 from fsl_jax.models.bert import Bert, BertConfig, l2_normalize, mean_pool
 
 __all__ = [
@@ -193,8 +194,7 @@ class Backbone(NamedTuple):
     def classifier(self, num_classes: int, key: Array | None = None, **kwargs: Any) -> tuple[BertClassifier, dict, Any]:
         """``(BertClassifier, variables, tokenizer)``: pretrained BERT, freshly initialised head (``key``, default
         ``PRNGKey(0)``). ``kwargs`` go to :class:`BertClassifier` (``normalize``, ``feature_scale``, ``head_init``)."""
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+        num_classes = _validate.positive_int("num_classes", num_classes)
         module = BertClassifier(self.config, num_classes, self.pad_token_id, **kwargs)
         key = jax.random.key(0) if key is None else key
         head = nn.Dense(

@@ -1,0 +1,165 @@
+"""``method="finetune"``: full fine-tuning of BERT and a linear head, started from a linear probe (LP-FT).
+
+The model is :class:`~fsl_jax.llm.text_models.BertClassifier`: BERT, mean pooling over non-padding tokens, then a
+linear head. With ``finetune_init="probe"`` (the default; LP-FT, Kumar et al., 2022, "Fine-Tuning can Distort
+Pretrained Features and Underperform Out-of-Distribution") the pooled features are L2-normalised and the head starts
+from the ``"head"`` method's logistic regression on the frozen embeddings of the training part; with ``"random"`` the
+head is freshly initialised on unnormalised features. Every step is one jitted AdamW step on a batch of texts (the
+state donated, dropout on, linear warm-up / decay, separate peak rates for BERT and the head).
+
+Early stopping: when ``early_stopping`` and every class has enough texts, ``validation_fraction`` of each class (at
+least 2 texts, and only when at least 2 per class remain for training) is held out; every ``eval_every`` steps (default:
+one epoch) the validation loss is measured, the checkpoint with the lowest one is kept (the probe itself is the first
+candidate), and training stops after ``patience`` evaluations without improvement, never before half of the steps.
+Otherwise a fixed number of steps runs.
+
+Hyperparameters (arguments of :class:`~fsl_jax.llm.finetune.FewShotTextClassifier`): ``learning_rate`` (BERT's peak,
+default 1e-4), ``head_learning_rate`` (the head's peak, default 1e-3), ``steps`` or ``epochs`` (default 20 epochs),
+``batch_size``, ``weight_decay``, ``dropout``, ``finetune_init``, ``early_stopping``, ``validation_fraction``,
+``patience``, ``eval_every``; the probe uses ``head_steps`` and ``head_l2``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fsl_jax._progress import progress
+from fsl_jax.llm.text_methods.common import adamw, copy_tree, features, steps_for, xent
+from fsl_jax.llm.text_methods.head import linear_head
+from fsl_jax.llm.text_models import BertClassifier
+
+if TYPE_CHECKING:
+    from fsl_jax.llm.finetune import FewShotTextClassifier
+
+# The classifier's arguments left at None that this method fills in.
+DEFAULTS: dict[str, Any] = {"learning_rate": 1e-4, "epochs": 20}
+HEAD_LEARNING_RATE = 1e-3
+
+
+@functools.lru_cache(maxsize=8)
+def finetune_fns(
+    module: BertClassifier,
+    learning_rate: float,
+    head_learning_rate: float,
+    weight_decay: float,
+    steps: int,
+    dropout: bool,
+):
+    """``(optimizer, step, evaluate)`` for fine-tuning ``module`` (cached per configuration): AdamW on ``"bert"`` at
+    ``learning_rate`` and on ``"head"`` at ``head_learning_rate`` (both warm up and decay over ``steps``); the jitted
+    ``step((params, opt_state), ids, y, idx, key) -> (state, loss)`` trains on the rows ``idx`` (state donated,
+    dropout when ``dropout``); the jitted ``evaluate(params, ids, y) -> (loss, accuracy)`` runs without dropout."""
+    tx = optax.multi_transform(
+        {"bert": adamw(learning_rate, steps, weight_decay), "head": adamw(head_learning_rate, steps, weight_decay)},
+        lambda p: {k: jax.tree_util.tree_map(lambda _: k, v) for k, v in p.items()},
+    )
+
+    def loss_fn(params, ids, y, key):
+        logits = module.apply({"params": params}, ids, deterministic=not dropout, rngs={"dropout": key})
+        return xent(logits, y)
+
+    def step(state, ids_all, y_all, idx, key):
+        params, opt_state = state
+        loss, grads = jax.value_and_grad(loss_fn)(params, ids_all[idx], y_all[idx], key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    def evaluate(params, ids, y):
+        logits = module.apply({"params": params}, ids)
+        return xent(logits, y), jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
+
+    return tx, jax.jit(step, donate_argnums=(0,)), jax.jit(evaluate)
+
+
+def validation_split(
+    clf: FewShotTextClassifier, y: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(train indices, validation indices or None)``: ``validation_fraction`` of each class (at least 2) held out,
+    when ``early_stopping`` and every class keeps at least 2 texts for training; otherwise everything trains."""
+    if not clf.early_stopping:
+        return np.arange(len(y)), None
+    train, val = [], []
+    for c in range(len(clf.classes_)):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_val = max(2, int(round(clf.validation_fraction * len(idx))))
+        if len(idx) - n_val < 2:
+            return np.arange(len(y)), None
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def fit_finetune(clf: FewShotTextClassifier, texts: list[str], y: np.ndarray) -> None:
+    """Fits ``"finetune"``: BERT and the head trained together from the probe (or a random head), keeping the
+    checkpoint with the lowest validation loss when a validation split exists."""
+    bb = clf._backbone()
+    rng = np.random.default_rng([clf.seed, 1])
+    train_idx, val_idx = validation_split(clf, y, rng)
+    batch = min(clf.batch_size, len(train_idx))
+    steps = steps_for(clf, len(train_idx), batch)
+    lr = float(clf._setting("learning_rate"))
+    head_lr = clf.head_learning_rate if clf.head_learning_rate is not None else HEAD_LEARNING_RATE
+    probe = clf.finetune_init == "probe"
+    module, variables, _ = bb.classifier(
+        len(clf.classes_), jax.random.key(clf.seed), normalize=probe, head_init="normal"
+    )
+    tx, step_fn, eval_fn = finetune_fns(module, lr, float(head_lr), clf.weight_decay, steps, clf.dropout)
+    params = dict(copy_tree(variables["params"]))
+    if probe:  # LP-FT: start from the logistic-regression head on the frozen embeddings of the training part
+        feats = features(clf, None, [texts[i] for i in train_idx], desc="embed support")
+        head = linear_head(clf, feats, y[train_idx])
+        params["head"] = {"kernel": jnp.array(head["kernel"]), "bias": jnp.array(head["bias"])}
+    state = (params, tx.init(params))
+    ids = clf._ids(texts)
+    ids_dev, y_dev = jnp.asarray(ids), jnp.asarray(y)
+    val = (jnp.asarray(ids[val_idx]), jnp.asarray(y[val_idx])) if val_idx is not None else None
+    eval_every = clf.eval_every or max(1, math.ceil(len(train_idx) / batch))
+    key = jax.random.key(clf.seed)
+    stream = np.concatenate([rng.permutation(train_idx) for _ in range(-(-steps * batch // len(train_idx)) + 1)])
+    # The checkpoint with the lowest validation loss is kept (a few held-out texts make accuracy too coarse to
+    # select on: it once stopped a run at step 16 of 38 while the loss was still falling fast); no stopping
+    # before half of the schedule.
+    best_loss, best_acc, best_step = np.inf, 0.0, 0
+    best_params, bad, done = None, 0, 0
+    if val is not None and probe:  # the probe itself is a candidate: fine-tuning must beat it on validation
+        best_loss, best_acc = (float(v) for v in eval_fn(state[0], *val))
+        best_params = copy_tree(state[0])
+    bar = progress(range(steps), desc="finetune", disable=not clf.progress, leave=False)
+    for i in bar:
+        idx = jnp.asarray(stream[i * batch : (i + 1) * batch])
+        state, loss = step_fn(state, ids_dev, y_dev, idx, jax.random.fold_in(key, i))
+        done = i + 1
+        if val is not None and (done % eval_every == 0 or done == steps):
+            val_loss, val_acc = (float(v) for v in eval_fn(state[0], *val))
+            bar.set_postfix(loss=f"{float(loss):.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_acc:.2f}")
+            if val_loss < best_loss:
+                best_loss, best_acc, best_step, bad = val_loss, val_acc, done, 0
+                best_params = copy_tree(state[0])
+            else:
+                bad += 1
+                if bad >= clf.patience and done >= steps // 2:
+                    break
+    bar.close()
+    params = state[0] if best_params is None else best_params
+    clf.fit_info_.update(
+        steps=done,
+        max_steps=steps,
+        batch_size=batch,
+        train_size=len(train_idx),
+        validation_size=0 if val_idx is None else len(val_idx),
+    )
+    if val is not None:
+        clf.fit_info_.update(best_step=best_step, validation_accuracy=best_acc, validation_loss=best_loss)
+    clf._bert = params["bert"]
+    clf._head = {
+        "kind": "linear" if probe else "linear_unnormalized",
+        "kernel": params["head"]["kernel"],
+        "bias": params["head"]["bias"],
+    }
