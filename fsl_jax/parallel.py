@@ -223,10 +223,12 @@ def task_mesh(devices: Sequence[Any] | None = None, *, model: int = 1) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("devices must hold at least one device, got an empty sequence")
-    model = _count("model", model, 1)
-    if len(devices) % model:
-        raise ValueError(f"model={model} must divide the number of devices, {len(devices)}")
-    return Mesh(np.asarray(devices).reshape(len(devices) // model, model), (TASK_AXIS, MODEL_AXIS))
+    size = _count("model", model, 1)
+    if size is None:  # _count lets None through; a mesh axis needs a size
+        raise ValueError(f"model must be an int >= 1, got {model!r}")
+    if len(devices) % size:
+        raise ValueError(f"model={size} must divide the number of devices, {len(devices)}")
+    return Mesh(np.asarray(devices).reshape(len(devices) // size, size), (TASK_AXIS, MODEL_AXIS))
 
 
 def check_mesh(mesh: Any) -> Mesh:
@@ -284,7 +286,12 @@ def local_rows(mesh: Mesh, total: int) -> tuple[int, int]:
     """
     check_batch(total, mesh)
     indices = task_sharding(mesh).addressable_devices_indices_map((total,))
-    spans = sorted({(s[0].start or 0, total if s[0].stop is None else s[0].stop) for s in indices.values()})
+    found = set()
+    for device, index in indices.items():
+        if index is None:  # JAX's annotation allows it, but a task sharding gives every device a slice
+            raise ValueError(f"device {device} holds no slice of the task batch")
+        found.add((index[0].start or 0, total if index[0].stop is None else index[0].stop))
+    spans = sorted(found)
     start, stop = spans[0][0], spans[-1][1]
     covered = sum(b - a for a, b in spans)
     if covered != stop - start:

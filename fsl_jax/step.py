@@ -253,6 +253,8 @@ def make_meta_step(
     donate_argnums = (0,) if donate else ()
     if sampler is None:
         return jax.jit(update, donate_argnums=donate_argnums)
+    if meta_batch is None:  # not reached: meta_batch was checked to be a positive int when sampler is given
+        raise ValueError("meta_batch must be a positive int when sampler= is given, got None")
 
     def sampled_update(state: TrainState, key: Array):
         step_key = jax.random.fold_in(key, state.step)

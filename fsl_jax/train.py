@@ -482,15 +482,15 @@ def meta_train(
     estimated = False
     done, reason = start, "finished"
 
-    def save(at: int) -> None:
+    def save(at: int, current: TrainState) -> None:
         nonlocal last_save_time, last_saved
         if checkpoint_dir is None or at == last_saved:
             return
         # never checkpoint a NaN state (a save reads the state back anyway)
-        _raise_if_nonfinite(int(jax.device_get(state.first_nonfinite_step)), skip_nonfinite, checkpoint_dir, at)
+        _raise_if_nonfinite(int(jax.device_get(current.first_nonfinite_step)), skip_nonfinite, checkpoint_dir, at)
         # the loader's position is the next batch to train on (the iterator itself may have prefetched further)
         position = {"next_index": at, "seed": source.seed} if _is_loader(source) else None
-        save_checkpoint(checkpoint_dir, state, keep=keep, config=config, loader_state=position)
+        save_checkpoint(checkpoint_dir, current, keep=keep, config=config, loader_state=position)
         last_save_time, last_saved = time.perf_counter(), at
 
     def to_devices(local: Task) -> Task:
@@ -505,6 +505,8 @@ def meta_train(
 
     def next_batch() -> Task:
         nonlocal input_seconds
+        if batches is None:  # only called for a host source, which always has its batch iterator
+            raise RuntimeError("next_batch needs a host source's batch iterator")
         t = time.perf_counter()
         local = next(batches)
         input_seconds += time.perf_counter() - t
@@ -562,7 +564,7 @@ def meta_train(
                 if received:
                     reason = received
                 if done % checkpoint_every == 0 or done == steps or reason != "finished" or time_due:
-                    save(done)
+                    save(done, state)
                 bar.update(1)
                 if reason != "finished":
                     break

@@ -23,14 +23,23 @@ def _cli(*args, cwd=None):
     )
 
 
-def test_help_texts():
-    top = _cli("--help")
+def _help(capsys, *args):
+    """``main([*args, "--help"])`` in this process (one process start per command cost 5 s here): exit code, stdout."""
+    try:
+        code = main([*args, "--help"])
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().out
+
+
+def test_help_texts(capsys):
+    top = _cli("--help")  # once as a process: the module entry point
     assert top.returncode == 0
     for command in ("demo", "train", "eval", "report"):
         assert command in top.stdout
-        sub = _cli(command, "--help")
-        assert sub.returncode == 0 and "usage: fsl-jax " + command in sub.stdout
-    assert "--meta-batch" in _cli("train", "--help").stdout
+        code, out = _help(capsys, command)
+        assert code == 0 and "usage: fsl-jax " + command in out
+    assert "--meta-batch" in _help(capsys, "train")[1]
 
 
 def test_wrong_flag_is_one_line_without_traceback():

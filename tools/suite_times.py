@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the summary here")
     args = parser.parse_args()
     summary = summarise(args.folder)
-    print(f"| file | tests | wall s | XLA compile s | trace + lower s | rest s |\n|---|---|---|---|---|---|")
+    print("| file | tests | wall s | XLA compile s | trace + lower s | rest s |\n|---|---|---|---|---|---|")
     for name, row in list(summary["files"].items()) + [("**all**", summary["total"])]:
         print(
             f"| {name} | {row['tests']:.0f} | {row['wall']:.1f} | {row['compile']:.1f} | {row['trace']:.1f} | "

@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, overload
 
 import numpy as np
 
 META_DATASET = "meta-dataset"
 
 
+@overload
+def _positive(name: str, value: Any, allow_none: Literal[False] = False) -> int: ...
+@overload
+def _positive(name: str, value: Any, allow_none: bool) -> int | None: ...
 def _positive(name: str, value: Any, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None

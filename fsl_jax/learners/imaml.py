@@ -127,8 +127,8 @@ def imaml(
       (1, True)
     """
     _validate.module("model", model)
-    for name, value in (("inner_steps", inner_steps), ("cg_steps", cg_steps)):
-        _validate.positive_int(name, value)
+    for name, count in (("inner_steps", inner_steps), ("cg_steps", cg_steps)):
+        _validate.positive_int(name, count)
     for name, value in (("inner_lr", inner_lr), ("lam", lam)):
         _validate.number(name, value)
     if hvp not in ("auto", "forward", "reverse"):

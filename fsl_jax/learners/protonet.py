@@ -28,7 +28,7 @@ DISTANCES = ("sqeuclidean", "cosine")
 
 def embed(encoder: nn.Module, variables: Any, x: Array) -> Array:
     """``encoder.apply(variables, x)`` flattened to ``[n, features]``."""
-    z = encoder.apply(variables, x)
+    z: Any = encoder.apply(variables, x)
     return jnp.reshape(z, (z.shape[0], -1))
 
 

@@ -18,6 +18,7 @@ from fsl_jax._config import records_config
 from fsl_jax.learners.base import Learner, _check_way_mask, _weighted_mean
 from fsl_jax.learners.protonet import class_prototypes
 from fsl_jax.models.conv import Conv2d, Norm, max_pool_2x2
+from fsl_jax.models.precision import check_precision, output_dtype
 from fsl_jax.tasks import Task
 
 Array = Any
@@ -49,14 +50,18 @@ class RelationEncoder(nn.Module):
     norm: str = "batch"
     conv_impl: str = "auto"
     dtype: Any = jnp.float32
+    param_dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         if x.ndim != 4:
             raise ValueError(f"RelationEncoder expects images [batch, height, width, channels], got shape {x.shape}")
+        param_dtype = check_precision("RelationEncoder", self.dtype, self.param_dtype)
         for i in range(self.blocks):
-            x = Conv2d(self.hidden, conv_impl=self.conv_impl, dtype=self.dtype, name=f"conv{i}")(x)
-            x = nn.relu(Norm(self.norm, name=f"norm{i}")(x))
+            conv = Conv2d(
+                self.hidden, conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=param_dtype, name=f"conv{i}"
+            )
+            x = nn.relu(Norm(self.norm, param_dtype=param_dtype, name=f"norm{i}")(conv(x)))
             if i < self.pooled:
                 x = max_pool_2x2(x)
         return x
@@ -87,26 +92,32 @@ class RelationModule(nn.Module):
     norm: str = "batch"
     conv_impl: str = "auto"
     dtype: Any = jnp.float32
+    param_dtype: Any = None
 
     @nn.compact
     def __call__(self, pairs: Array) -> Array:
+        param_dtype = check_precision("RelationModule", self.dtype, self.param_dtype)
+
+        def dense(width: int, name: str) -> nn.Dense:
+            return nn.Dense(width, dtype=self.dtype, param_dtype=param_dtype, name=name)
+
         x = pairs
         if x.ndim == 4:
             for i in range(2):
-                x = Conv2d(self.channels, conv_impl=self.conv_impl, dtype=self.dtype, name=f"conv{i}")(x)
-                x = nn.relu(Norm(self.norm, name=f"norm{i}")(x))
+                conv = Conv2d(
+                    self.channels, conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=param_dtype, name=f"conv{i}"
+                )
+                x = nn.relu(Norm(self.norm, param_dtype=param_dtype, name=f"norm{i}")(conv(x)))
                 if x.shape[1] >= 2 and x.shape[2] >= 2:
                     x = max_pool_2x2(x)
         elif x.ndim == 2:
-            x = nn.relu(nn.Dense(self.channels, dtype=self.dtype, name="dense0")(x))
+            x = nn.relu(dense(self.channels, "dense0")(x))
         else:
             raise ValueError(f"RelationModule expects pairs [n, h, w, c] or [n, d], got shape {x.shape}")
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x))
+        x = nn.relu(dense(self.hidden, "fc1")(x))
         # float32 at least (bfloat16 compute gives float32 scores), float64 when computing in float64.
-        return nn.sigmoid(nn.Dense(1, dtype=self.dtype, name="fc2")(x))[:, 0].astype(
-            jnp.promote_types(self.dtype, jnp.float32)
-        )
+        return nn.sigmoid(dense(1, "fc2")(x).astype(output_dtype(self.dtype)))[:, 0]
 
 
 def relation_pairs(queries: Array, prototypes: Array) -> Array:
@@ -227,7 +238,7 @@ def relation_net(
 
     def predict(params, prototypes: Array, x: Array) -> Array:
         queries = encoder.apply(params["encoder"], x)
-        scores = relation_module.apply(params["relation"], relation_pairs(queries, prototypes))
+        scores: Any = relation_module.apply(params["relation"], relation_pairs(queries, prototypes))
         return scores.reshape(x.shape[0], ways)
 
     return Learner(

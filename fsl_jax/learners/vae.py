@@ -38,6 +38,7 @@ from fsl_jax import _validate
 from fsl_jax._config import records_config
 from fsl_jax.learners.base import Learner, xent_loss
 from fsl_jax.learners.protonet import class_weights
+from fsl_jax.models.precision import check_precision, output_dtype
 from fsl_jax.tasks import Task
 
 Array = Any
@@ -60,15 +61,24 @@ class VAEEncoder(nn.Module):
     latent_dim: int
     hidden: Sequence[int] = (256,)
     dtype: Any = jnp.float32
+    param_dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array) -> tuple[Array, Array]:
+        param_dtype = check_precision("VAEEncoder", self.dtype, self.param_dtype)
         x = x.reshape(x.shape[0], -1)
         for i, width in enumerate(self.hidden):
-            x = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"dense{i}")(x))
-        mean = nn.Dense(self.latent_dim, dtype=self.dtype, name="mean")(x)
-        log_var = nn.Dense(self.latent_dim, dtype=self.dtype, name="log_var", kernel_init=nn.initializers.zeros)(x)
-        return mean, log_var
+            x = nn.relu(nn.Dense(width, dtype=self.dtype, param_dtype=param_dtype, name=f"dense{i}")(x))
+        mean = nn.Dense(self.latent_dim, dtype=self.dtype, param_dtype=param_dtype, name="mean")(x)
+        log_var = nn.Dense(
+            self.latent_dim,
+            dtype=self.dtype,
+            param_dtype=param_dtype,
+            name="log_var",
+            kernel_init=nn.initializers.zeros,
+        )(x)
+        out = output_dtype(self.dtype)  # the KL and likelihood terms in float32
+        return mean.astype(out), log_var.astype(out)
 
 
 class VAEDecoder(nn.Module):
@@ -84,12 +94,15 @@ class VAEDecoder(nn.Module):
     out_dim: int
     hidden: Sequence[int] = (256,)
     dtype: Any = jnp.float32
+    param_dtype: Any = None
 
     @nn.compact
     def __call__(self, z: Array) -> Array:
+        param_dtype = check_precision("VAEDecoder", self.dtype, self.param_dtype)
         for i, width in enumerate(self.hidden):
-            z = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"dense{i}")(z))
-        return nn.Dense(self.out_dim, dtype=self.dtype, name="out")(z)
+            z = nn.relu(nn.Dense(width, dtype=self.dtype, param_dtype=param_dtype, name=f"dense{i}")(z))
+        out = nn.Dense(self.out_dim, dtype=self.dtype, param_dtype=param_dtype, name="out")(z)
+        return out.astype(output_dtype(self.dtype))
 
 
 def gaussian_kl(mean1: Array, log_var1: Array, mean2: Array, log_var2: Array) -> Array:
@@ -238,7 +251,8 @@ def cvae_classifier(
     def decode_log_likelihood(params, x: Array, z: Array) -> Array:
         """``log p(x|z)`` for ``z`` ``[S, n, latent]`` -> ``[S, n]``."""
         s, n = z.shape[:2]
-        decoded = decoder_for(x).apply(params["decoder"], z.reshape(s * n, latent_dim)).reshape(s, n, -1)
+        decoded: Any = decoder_for(x).apply(params["decoder"], z.reshape(s * n, latent_dim))
+        decoded = decoded.reshape(s, n, -1)
         return log_likelihood(x.reshape(1, n, -1), decoded, likelihood, obs_std)
 
     def init(key: Array, task: Task):

@@ -281,7 +281,7 @@ class FewShotTextClassifier:
         unknown = set(params) - set(self.get_params())
         if unknown:
             raise ValueError(f"unknown parameters {sorted(unknown)}; valid: {sorted(self.get_params())}")
-        self.__init__(**merged)
+        type(self).__init__(self, **merged)
         return self
 
     def __repr__(self) -> str:
@@ -300,9 +300,11 @@ class FewShotTextClassifier:
     def is_fitted(self) -> bool:
         return self._head is not None
 
-    def _check_fitted(self) -> None:
+    def _check_fitted(self) -> dict[str, Any]:
+        """The fitted head; ``RuntimeError`` when not fitted."""
         if self._head is None:
             raise RuntimeError("this FewShotTextClassifier is not fitted yet; call fit(texts, labels) first")
+        return self._head
 
     def _backbone(self) -> Backbone:
         if self._bb is None:
@@ -316,7 +318,7 @@ class FewShotTextClassifier:
 
     def _logits(self, texts: list[str]) -> np.ndarray:
         """``[n, classes]`` logits: the (tuned or pretrained) encoder's pooled features through the fitted head."""
-        fitted = self._head
+        fitted = self._check_fitted()
         normalize = fitted["kind"] != "linear_unnormalized"
         feats = jnp.asarray(features(self, self._bert, texts, normalize=normalize, desc="predict"))
         if fitted["kind"] == "cosine":
@@ -438,7 +440,7 @@ class FewShotTextClassifier:
         from fsl_jax.models.bert import Bert
         from fsl_jax.models.hub import save_pretrained
 
-        self._check_fitted()
+        fitted = self._check_fitted()
         bad = [c for c in self.classes_ if not _jsonable(c)]
         if bad:
             raise TypeError(
@@ -448,15 +450,15 @@ class FewShotTextClassifier:
         folder.mkdir(parents=True, exist_ok=True)
         settings = {k: v for k, v in self.get_params().items() if k != "augment"}
         settings["backbone"] = str(self.backbone)
-        head = {k: np.asarray(v) for k, v in self._head.items() if k not in ("kind", "temperature")}
+        head = {k: np.asarray(v) for k, v in fitted.items() if k not in ("kind", "temperature")}
         info = {k: v for k, v in getattr(self, "fit_info_", {}).items() if _jsonable(v) or isinstance(v, dict)}
         doc = {
             "format": _FORMAT,
             "version": 1,
             "settings": settings,
             "classes": list(self.classes_),
-            "head_kind": self._head["kind"],
-            "temperature": self._head.get("temperature"),
+            "head_kind": fitted["kind"],
+            "temperature": fitted.get("temperature"),
             "encoder_tuned": self._bert is not None,
             "augment": getattr(self.augment, "__name__", None),
             "fit_info": info,

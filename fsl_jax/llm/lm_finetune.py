@@ -48,6 +48,7 @@ from fsl_jax.llm.prompting import (
     PromptClassifier,
     Template,
     Verbalizer,
+    _Candidates,
     _encode,
     _encode_candidates,
     _pad_id,
@@ -289,11 +290,12 @@ class LMFinetuneClassifier:
         self.max_text_tokens = _validate.integer("max_text_tokens", max_text_tokens, 1, allow_none=True)
         self.reduce = _validate.choice("reduce", reduce, ("sum", "mean"))
         self.seed = int(seed)
+        self._candidates: _Candidates | None
         if self.verbalizer is not None:
             self._candidates = _encode_candidates(tokenizer, self.template, self.verbalizer)
         else:
             self._candidates = None
-        self._train = None
+        self._train: dict[str, Any] | None = None
         self.classes_: tuple = self.verbalizer.labels if self.verbalizer is not None else ()
         self.history_: dict[str, list[float]] = {"loss": [], "accuracy": []}
 
@@ -381,7 +383,7 @@ class LMFinetuneClassifier:
         rng = np.random.default_rng(self.seed)
         batch = min(self.batch_size, len(texts))
         order, pos = rng.permutation(len(texts)), 0
-        history = {"loss": [], "accuracy": []}
+        history: dict[str, list[float]] = {"loss": [], "accuracy": []}
         metrics = []
         for _ in range(self.steps):
             if pos + batch > len(order):
@@ -401,12 +403,14 @@ class LMFinetuneClassifier:
 
     @property
     def lm_params_(self) -> dict:
-        self._check_fitted()
-        return {"params": self._train["lm"]}
+        train = self._check_fitted()
+        return {"params": train["lm"]}
 
-    def _check_fitted(self) -> None:
+    def _check_fitted(self) -> dict[str, Any]:
+        """The tuned parameters ``{"lm": ..., "head": ...}``; ``RuntimeError`` when not fitted."""
         if self._train is None:
             raise RuntimeError("this LMFinetuneClassifier is not fitted: call fit(texts, labels) first")
+        return self._train
 
     def score_labels(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
         """``[n, labels]`` logits (columns in :attr:`classes_` order), ``batch_size`` prompts per compiled call."""

@@ -152,7 +152,9 @@ class Template:
         self.separator = separator
         self.instructions = instructions
         self.fields = dict(fields)
-        before, after, seen = [], [], False
+        before: list[tuple[str, str | None]] = []
+        after: list[tuple[str, str | None]] = []
+        seen = False
         for literal, name, _, _ in parsed:
             (after if seen else before).append(("", literal))
             if name == "label":
@@ -224,7 +226,10 @@ class Verbalizer:
         ('business', 'money')
     """
 
-    def __init__(self, mapping: Mapping[Hashable, str | Sequence[str]]):
+    words: dict[Hashable, tuple[str, ...]]
+    labels: tuple[Hashable, ...]
+
+    def __init__(self, mapping: Mapping[Any, str | Sequence[str]]):
         if isinstance(mapping, Verbalizer):
             mapping = mapping.words
         if not isinstance(mapping, Mapping) or not mapping:
@@ -364,10 +369,10 @@ def _encode_candidates(tokenizer: Any, template: Template, verbalizer: Verbalize
     words = [(i, w) for i, label in enumerate(verbalizer.labels) for w in verbalizer.words[label]]
     encoded = _encode(tokenizer, [template.label_continuation(w) for _, w in words])
     unk = getattr(tokenizer, "unk_token_id", None)
-    for (i, w), ids in zip(words, encoded):
-        if not ids:
+    for (i, w), tokens in zip(words, encoded):
+        if not tokens:
             raise ValueError(f"label word {w!r} (label {verbalizer.labels[i]!r}) tokenises to nothing")
-        if unk is not None and unk in ids:
+        if unk is not None and unk in tokens:
             raise ValueError(
                 f"label word {w!r} (label {verbalizer.labels[i]!r}) is not in the tokenizer's vocabulary "
                 f"(it tokenises to the unknown token {getattr(tokenizer, 'unk_token', unk)!r})"
@@ -573,6 +578,11 @@ class PromptClassifier:
         return truncate_texts(self.tokenizer, texts, self.max_text_tokens)
 
     def _embed(self, texts: list[str]) -> np.ndarray:
+        if self.embed_fn is None:
+            raise ValueError(
+                "selection='nearest' needs embed_fn (texts -> [n, d] sentence embeddings), e.g. "
+                "MiniLM through fj.models.sentence_embedding"
+            )
         emb = np.asarray(self.embed_fn(list(texts)), np.float32)
         if emb.ndim != 2 or emb.shape[0] != len(texts):
             raise ValueError(f"embed_fn must return [n, d] for n={len(texts)} texts, got shape {emb.shape}")
@@ -592,6 +602,11 @@ class PromptClassifier:
             raise ValueError(f"leave-one-out needs more than demonstrations={k} support texts, got {pool}")
         rng = np.random.default_rng(self.seed)
         if self.selection == "nearest":
+            if self._pool_embeddings is None:
+                raise ValueError(
+                    "selection='nearest' needs the demonstration pool's embeddings: call fit(texts, labels) with "
+                    "selection='nearest' and demonstrations > 0"
+                )
             sims = self._embed(query_texts) @ self._pool_embeddings.T  # [n, pool]
             if exclude is not None:
                 sims[np.arange(n), exclude] = -np.inf
@@ -608,12 +623,12 @@ class PromptClassifier:
                     for c in range(len(codes))
                 ]
                 class_order = rng.permutation(len(per_class))
-                order = []
+                picked = []
                 while any(per_class):
                     for c in class_order:
                         if per_class[c]:
-                            order.append(per_class[c].pop(0))
-                order = np.asarray(order)
+                            picked.append(per_class[c].pop(0))
+                order = np.asarray(picked)
             if exclude is None:
                 base = [rng.permutation(order[:k])] * n
                 shared = True
@@ -642,16 +657,16 @@ class PromptClassifier:
         encoded = _encode(self.tokenizer, prompts)
         width = self._candidates.ids.shape[1]
         limit = self.lm_module.config.n_positions
-        for i, ids in enumerate(encoded):
-            if not ids:
+        for i, tokens in enumerate(encoded):
+            if not tokens:
                 raise ValueError(
                     f"prompt {i} is empty after tokenisation ({prompts[i]!r}); the template must render "
                     "some text before the label"
                 )
-            if len(ids) + width > limit:
+            if len(tokens) + width > limit:
                 raise ValueError(
-                    f"prompt {i} is {len(ids)} tokens + {width} label tokens = {len(ids) + width}, longer than the "
-                    f"context window n_positions={limit}; use fewer demonstrations or set max_text_tokens"
+                    f"prompt {i} is {len(tokens)} tokens + {width} label tokens = {len(tokens) + width}, longer than "
+                    f"the context window n_positions={limit}; use fewer demonstrations or set max_text_tokens"
                 )
         longest = max(len(ids) for ids in encoded)
         length = min(-(-longest // self.length_multiple) * self.length_multiple, limit - width)
@@ -768,7 +783,8 @@ class PromptClassifier:
         labels = list(labels)
         if not candidate_templates or not candidate_verbalizers:
             raise ValueError("search_prompts needs at least one candidate template and one verbalizer")
-        table, best = [], None
+        table: list[tuple[Template, Verbalizer, float]] = []
+        best: tuple[Template, Verbalizer, float] | None = None
         for t in candidate_templates:
             for v in candidate_verbalizers:
                 trial = copy.copy(self)
@@ -782,6 +798,8 @@ class PromptClassifier:
                 table.append((trial.template, trial.verbalizer, accuracy))
                 if best is None or accuracy > best[2]:
                     best = table[-1]
+        if best is None:  # not reached: both candidate lists were checked to be non-empty
+            raise ValueError("search_prompts needs at least one candidate template and one verbalizer")
         self.template, self.verbalizer = best[0], best[1]
         self._candidates = _encode_candidates(self.tokenizer, self.template, self.verbalizer)
         self.fit(texts, labels)
@@ -871,8 +889,8 @@ def generate_text(
     if not prompts:
         return []
     encoded = _encode(tokenizer, prompts)
-    for i, ids in enumerate(encoded):
-        if not ids:
+    for i, tokens in enumerate(encoded):
+        if not tokens:
             raise ValueError(f"prompts[{i}] is empty after tokenisation")
     limit = lm_module.config.n_positions
     longest = max(len(ids) for ids in encoded)

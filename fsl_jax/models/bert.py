@@ -39,6 +39,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fsl_jax.models.precision import check_precision
+
 Array = Any
 Dtype = Any
 
@@ -71,6 +73,25 @@ def activation(name: str) -> Callable[[Array], Array]:
         raise ValueError(f"unsupported activation {name!r}; expected one of {sorted(_ACTIVATIONS)}") from None
 
 
+ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
+
+
+def check_attention_impl(value: Any) -> str:
+    """``value`` if it names an attention implementation (see :func:`dot_product_attention`), else ``ValueError``."""
+    if value not in ATTENTION_IMPLS:
+        raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {value!r}")
+    return value
+
+
+def check_attention_backend(value: str) -> None:
+    """``attention_impl="cudnn"`` needs a CUDA GPU: ``ValueError`` naming the argument and the backend otherwise."""
+    if value == "cudnn" and jax.default_backend() != "gpu":
+        raise ValueError(
+            f"attention_impl='cudnn' needs a CUDA GPU (cuDNN flash attention), but the default JAX backend is "
+            f"{jax.default_backend()!r}: use 'auto' or 'xla'"
+        )
+
+
 def _dataclass_from_dict(cls, data: Mapping[str, Any]):
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
@@ -79,6 +100,9 @@ def _dataclass_from_dict(cls, data: Mapping[str, Any]):
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
     """Hyper-parameters of a BERT encoder, with Hugging Face's field names and defaults (bert-base-uncased).
+
+    ``attention_impl`` (not a Hugging Face field, left out of :meth:`to_dict`) picks the attention kernel: see
+    :func:`dot_product_attention`.
 
     Example:
         >>> BertConfig.from_dict({"hidden_size": 384, "num_attention_heads": 12, "unknown_key": 1}).hidden_size
@@ -98,8 +122,10 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
     position_embedding_type: str = "absolute"
+    attention_impl: str = "auto"
 
     def __post_init__(self):
+        check_attention_impl(self.attention_impl)
         if self.hidden_act not in _ACTIVATIONS:
             raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; expected one of {sorted(_ACTIVATIONS)}")
         if self.hidden_size % self.num_attention_heads:
@@ -124,7 +150,9 @@ class BertConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a Hugging Face ``config.json`` mapping (with ``model_type="bert"``)."""
-        return {"model_type": "bert", "architectures": ["BertModel"], **dataclasses.asdict(self)}
+        fields = dataclasses.asdict(self)
+        fields.pop("attention_impl")
+        return {"model_type": "bert", "architectures": ["BertModel"], **fields}
 
 
 class BertOutput(NamedTuple):
@@ -155,12 +183,40 @@ def attention_bias(mask: Array, dtype: Dtype) -> Array:
 
 
 def dot_product_attention(
-    q: Array, k: Array, v: Array, bias: Array, dropout: nn.Dropout | None, deterministic: bool, scale: float
+    q: Array,
+    k: Array,
+    v: Array,
+    bias: Array,
+    dropout: nn.Dropout | None,
+    deterministic: bool,
+    scale: float,
+    implementation: str = "einsum",
 ) -> Array:
     """Multi-head attention core: ``softmax(q k^T * scale + bias) v``; ``q``/``k``/``v`` are ``[b, t, heads, d]``.
 
-    The softmax runs in float32 whatever the compute dtype.
+    ``implementation``: ``"einsum"`` writes the two products and the float32 softmax out; ``"xla"`` and ``"auto"``
+    call ``jax.nn.dot_product_attention`` (XLA's fused attention: float32 logits and softmax, bfloat16 inputs with
+    float32 accumulation), ``"auto"`` leaving the choice of kernel to JAX; ``"cudnn"`` asks it for cuDNN's flash
+    attention (CUDA GPUs, float16 / bfloat16). Attention-probability dropout exists only in the einsum form, so while
+    it is active (``dropout`` given and not ``deterministic``) the einsum path runs whatever ``implementation`` says.
+
+    Example:
+        >>> q = k = v = jax.random.normal(jax.random.key(0), (2, 5, 4, 8))
+        >>> bias = attention_bias(jnp.ones((2, 1, 1, 5), bool), jnp.float32)
+        >>> a = dot_product_attention(q, k, v, bias, None, True, 8**-0.5)
+        >>> b = dot_product_attention(q, k, v, bias, None, True, 8**-0.5, implementation="xla")
+        >>> a.shape, bool(jnp.allclose(a, b, atol=1e-6))
+        ((2, 5, 4, 8), True)
     """
+    if implementation != "einsum" and (dropout is None or deterministic):
+        return jax.nn.dot_product_attention(
+            q,
+            k,
+            v,
+            bias=bias.astype(jnp.promote_types(q.dtype, jnp.float32)),
+            scale=scale,
+            implementation=None if implementation == "auto" else implementation,  # type: ignore[arg-type]  # checked
+        )
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * jnp.asarray(scale, q.dtype)
     scores = scores.astype(jnp.float32) + bias.astype(jnp.float32)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
@@ -216,7 +272,9 @@ class BertSelfAttention(nn.Module):
             split(_dense(cfg.hidden_size, name, self.dtype, self.param_dtype)(x)) for name in ("query", "key", "value")
         )
         dropout = nn.Dropout(cfg.attention_probs_dropout_prob) if cfg.attention_probs_dropout_prob > 0 else None
-        context = dot_product_attention(q, k, v, bias, dropout, deterministic, 1.0 / math.sqrt(head_dim))
+        context = dot_product_attention(
+            q, k, v, bias, dropout, deterministic, 1.0 / math.sqrt(head_dim), cfg.attention_impl
+        )
         context = context.reshape(context.shape[:-2] + (cfg.hidden_size,))
         return _dense(cfg.hidden_size, "output", self.dtype, self.param_dtype)(context)
 
@@ -282,6 +340,8 @@ class Bert(nn.Module):
         deterministic: bool = True,
     ) -> BertOutput:
         cfg = self.config
+        check_precision("Bert", self.dtype, self.param_dtype)
+        check_attention_backend(cfg.attention_impl)
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
         seq_len = input_ids.shape[1]

@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fsl_jax.models.precision import check_precision, output_dtype
+
 Array = Any
 NORMS = ("batch", "layer", "none")
 CONV_IMPLS = ("auto", "im2col", "xla")
@@ -194,12 +196,13 @@ class Norm(nn.Module):
         if self.kind == "none":
             return x
         axes = tuple(range(x.ndim - 1)) if self.kind == "batch" else tuple(range(1, x.ndim))
-        mean = jnp.mean(x, axis=axes, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
-        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # statistics in float32 whatever the compute dtype
+        mean = jnp.mean(xf, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(xf - mean), axis=axes, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon)
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), self.param_dtype)
-        return y * scale.astype(y.dtype) + bias.astype(y.dtype)
+        return (y * scale.astype(y.dtype) + bias.astype(y.dtype)).astype(x.dtype)
 
 
 class ConvBlock(nn.Module):
@@ -209,11 +212,14 @@ class ConvBlock(nn.Module):
     norm: str = "batch"
     conv_impl: str = "auto"
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        x = Conv2d(self.features, conv_impl=self.conv_impl, dtype=self.dtype, name="conv")(x)
-        x = Norm(self.norm, name="norm")(x)
+        x = Conv2d(
+            self.features, conv_impl=self.conv_impl, dtype=self.dtype, param_dtype=self.param_dtype, name="conv"
+        )(x)
+        x = Norm(self.norm, param_dtype=self.param_dtype, name="norm")(x)
         return max_pool_2x2(nn.relu(x))
 
 
@@ -230,7 +236,8 @@ class Conv4(nn.Module):
       hidden: channels of every block.
       norm: ``"batch"`` (per-batch statistics, no running averages), ``"layer"`` or ``"none"``.
       conv_impl: ``"auto"`` (im2col on CPU, XLA convolution elsewhere), ``"im2col"`` or ``"xla"``.
-      dtype: computation dtype (``jnp.bfloat16`` on accelerators).
+      dtype: computation dtype (``jnp.bfloat16`` on accelerators); normalisation statistics and logits are float32.
+      param_dtype: parameter dtype (``None``: float32, float64 for float64; meta-parameters and updates stay float32).
 
     Example:
       >>> import jax, jax.numpy as jnp, fsl_jax as fj
@@ -252,14 +259,17 @@ class Conv4(nn.Module):
     conv_impl: str = "auto"
     blocks: int = 4
     dtype: Any = jnp.float32
+    param_dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         if x.ndim != 4:
             raise ValueError(f"Conv4 expects images [batch, height, width, channels], got shape {x.shape}")
+        param_dtype = check_precision("Conv4", self.dtype, self.param_dtype)
         for i in range(self.blocks):
-            x = ConvBlock(self.hidden, self.norm, self.conv_impl, self.dtype, name=f"block{i}")(x)
+            x = ConvBlock(self.hidden, self.norm, self.conv_impl, self.dtype, param_dtype, name=f"block{i}")(x)
         x = x.reshape(x.shape[0], -1)
         if self.num_classes is None:
-            return x
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
+            return x.astype(output_dtype(self.dtype))
+        head = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=param_dtype, name="head")
+        return head(x).astype(output_dtype(self.dtype))

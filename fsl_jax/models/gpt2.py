@@ -43,7 +43,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fsl_jax.models.bert import activation, attention_bias, dot_product_attention
+from fsl_jax.models.precision import check_precision
+from fsl_jax.models.bert import (
+    activation,
+    attention_bias,
+    check_attention_backend,
+    check_attention_impl,
+    dot_product_attention,
+)
 
 Array = Any
 Dtype = Any
@@ -53,7 +60,8 @@ Dtype = Any
 class GPT2Config:
     """Hyper-parameters of GPT-2, with Hugging Face's field names and defaults (the 124M ``gpt2``).
 
-    ``n_inner=None`` means ``4 * n_embd``.
+    ``n_inner=None`` means ``4 * n_embd``. ``attention_impl`` (not a Hugging Face field, left out of :meth:`to_dict`)
+    picks the attention kernel: see :func:`fsl_jax.models.bert.dot_product_attention`.
 
     Example:
         >>> GPT2Config.from_dict({"n_embd": 64, "n_head": 4, "n_ctx": 1024, "unknown": 0}).inner_size
@@ -75,8 +83,10 @@ class GPT2Config:
     scale_attn_by_inverse_layer_idx: bool = False
     bos_token_id: int = 50256
     eos_token_id: int = 50256
+    attention_impl: str = "auto"
 
     def __post_init__(self):
+        check_attention_impl(self.attention_impl)
         try:
             activation(self.activation_function)
         except ValueError as e:
@@ -103,12 +113,9 @@ class GPT2Config:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a Hugging Face ``config.json`` mapping (with ``model_type="gpt2"``)."""
-        return {
-            "model_type": "gpt2",
-            "architectures": ["GPT2LMHeadModel"],
-            "n_ctx": self.n_positions,
-            **dataclasses.asdict(self),
-        }
+        fields = dataclasses.asdict(self)
+        fields.pop("attention_impl")
+        return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "n_ctx": self.n_positions, **fields}
 
 
 class KVCache(NamedTuple):
@@ -177,7 +184,7 @@ class GPT2Attention(nn.Module):
             scale /= self.layer_idx + 1
         dropout = nn.Dropout(cfg.attn_pdrop) if cfg.attn_pdrop > 0 else None
         context = dot_product_attention(
-            q, k.astype(self.dtype), v.astype(self.dtype), bias, dropout, deterministic, scale
+            q, k.astype(self.dtype), v.astype(self.dtype), bias, dropout, deterministic, scale, cfg.attention_impl
         )
         context = context.reshape(context.shape[:-2] + (cfg.n_embd,))
         std = 0.02 / math.sqrt(2 * cfg.n_layer)
@@ -285,6 +292,8 @@ class GPT2(nn.Module):
         cache: KVCache | None = None,
     ) -> GPT2Output:
         cfg = self.config
+        check_precision("GPT2", self.dtype, self.param_dtype)
+        check_attention_backend(cfg.attention_impl)
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {input_ids.shape}")
         batch, seq = input_ids.shape

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from fsl_jax.models.conv import Conv2d, Norm, max_pool_2x2
+from fsl_jax.models.precision import check_precision, output_dtype
 
 Array = Any
 
@@ -26,16 +27,25 @@ class ResBlock(nn.Module):
     conv_impl: str = "auto"
     negative_slope: float = 0.1
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        shortcut = Conv2d(
-            self.features, 1, use_bias=False, conv_impl=self.conv_impl, dtype=self.dtype, name="shortcut_conv"
-        )(x)
-        shortcut = Norm(self.norm, name="shortcut_norm")(shortcut)
+        def conv(k: int, name: str) -> Conv2d:
+            return Conv2d(
+                self.features,
+                k,
+                use_bias=False,
+                conv_impl=self.conv_impl,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+            )
+
+        shortcut = Norm(self.norm, param_dtype=self.param_dtype, name="shortcut_norm")(conv(1, "shortcut_conv")(x))
         for i in range(3):
-            x = Conv2d(self.features, 3, use_bias=False, conv_impl=self.conv_impl, dtype=self.dtype, name=f"conv{i}")(x)
-            x = Norm(self.norm, name=f"norm{i}")(x)
+            x = conv(3, f"conv{i}")(x)
+            x = Norm(self.norm, param_dtype=self.param_dtype, name=f"norm{i}")(x)
             if i < 2:
                 x = nn.leaky_relu(x, self.negative_slope)
         x = nn.leaky_relu(x + shortcut, self.negative_slope)
@@ -56,7 +66,8 @@ class ResNet12(nn.Module):
       norm: ``"batch"`` (per-batch statistics, no running averages), ``"layer"`` or ``"none"``.
       conv_impl: ``"auto"`` (im2col on CPU, XLA convolution elsewhere), ``"im2col"`` or ``"xla"``.
       negative_slope: of the leaky ReLUs (0.1, as in the reference implementations).
-      dtype: computation dtype.
+      dtype: computation dtype; normalisation statistics and the output are float32.
+      param_dtype: parameter dtype (``None``: float32, or float64 for a float64 computation).
 
     Example:
       >>> import jax, jax.numpy as jnp, fsl_jax as fj
@@ -78,9 +89,11 @@ class ResNet12(nn.Module):
     conv_impl: str = "auto"
     negative_slope: float = 0.1
     dtype: Any = jnp.float32
+    param_dtype: Any = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        param_dtype = check_precision("ResNet12", self.dtype, self.param_dtype)
         if x.ndim != 4:
             raise ValueError(f"ResNet12 expects images [batch, height, width, channels], got shape {x.shape}")
         if len(self.channels) != 4 or not all(isinstance(c, int) and c > 0 for c in self.channels):
@@ -88,8 +101,17 @@ class ResNet12(nn.Module):
         if x.shape[1] < 16 or x.shape[2] < 16:
             raise ValueError(f"ResNet12 needs inputs of at least 16x16 (four 2x2 pools), got {x.shape[1:3]}")
         for i, features in enumerate(self.channels):
-            x = ResBlock(features, self.norm, self.conv_impl, self.negative_slope, self.dtype, name=f"block{i}")(x)
-        x = jnp.mean(x, axis=(1, 2))
+            x = ResBlock(
+                features,
+                self.norm,
+                self.conv_impl,
+                self.negative_slope,
+                self.dtype,
+                param_dtype,
+                name=f"block{i}",
+            )(x)
+        x = jnp.mean(x.astype(output_dtype(self.dtype)), axis=(1, 2))
         if self.num_classes is None:
             return x
-        return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
+        head = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=param_dtype, name="head")
+        return head(x).astype(output_dtype(self.dtype))

@@ -54,7 +54,7 @@ def features(
     pretrained = bert_params is None
     params = bb.params if pretrained else bert_params
     use_cache = pretrained and clf.cache_embeddings
-    out: list[np.ndarray | None] = [None] * len(texts)
+    out: dict[int, np.ndarray] = {}  # row -> its features, from the cache or computed below
     todo = list(range(len(texts)))
     if use_cache:
         keys = [(bb.folder, clf.max_length, normalize, t) for t in texts]
@@ -88,7 +88,7 @@ def features(
         if use_cache:
             while len(FEATURE_CACHE) > FEATURE_CACHE_SIZE:
                 FEATURE_CACHE.popitem(last=False)
-    return np.stack(out).astype(np.float32)
+    return np.stack([out[i] for i in range(len(texts))]).astype(np.float32)
 
 
 def xent(logits, labels):
