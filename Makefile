@@ -19,9 +19,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fsl-jax demo --out runs/demo
 
-# Two pytest workers, whole test files per worker: the suite is mostly XLA compilation, which runs on one core.
-# JOBS=1 runs it in one process.
-JOBS ?= 2
+# Three pytest workers on 2 cores, whole test files per worker: the suite is mostly XLA compilation (one core per
+# compilation) and waits on the processes some tests start; 3 workers took 15:43 here where 2 took 17:30 (same tests,
+# tools/suite_times.py). JOBS=1 runs it in one process.
+JOBS ?= 3
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15 $(if $(filter 1,$(JOBS)),,-n $(JOBS) --dist loadfile)
 

@@ -140,7 +140,14 @@ def workloads(dry_run: bool) -> dict[str, Callable]:
                 minilm_finetune,
                 batch=2,
                 length=8,
-                config=dict(MINILM, vocab_size=100, hidden_size=16, num_attention_heads=2, intermediate_size=32),
+                config=dict(
+                    MINILM,
+                    vocab_size=100,
+                    hidden_size=16,
+                    num_hidden_layers=1,
+                    num_attention_heads=2,
+                    intermediate_size=32,
+                ),
             ),
         }
     return {

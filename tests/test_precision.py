@@ -150,9 +150,9 @@ def test_sinusoid_maml_in_bfloat16_reaches_the_float32_loss():
     assert mse32 < 0.5 * untrained, (mse32, untrained)  # it did learn (about 10 -> 3.8 in these 300 steps)
 
 
-def _train_digits(dtype, steps=150):
+def _train_digits(dtype, steps=80):
     data = fj.data.digits().data  # classes 0-4 train, 5-9 are held out
-    learner = fj.protonet(fj.models.Conv4(hidden=16, blocks=2, dtype=dtype), 5)
+    learner = fj.protonet(fj.models.Conv4(hidden=8, blocks=2, dtype=dtype), 5)
     sampler = fj.data.DeviceSampler(data[:5], 5, 1, 5)
     params = learner.init(jax.random.key(0), fj.task_at(sampler.sample(jax.random.key(0), 1), 0))
     opt = optax.adam(1e-3)
@@ -169,7 +169,7 @@ def _train_digits(dtype, steps=150):
 
     state = run(state, jax.random.key(1))
     held_out = fj.data.DeviceSampler(data[5:], 5, 1, 5)
-    return float(fj.evaluate(learner, state.params, held_out.sample, 200, key=jax.random.key(7)).mean)
+    return float(fj.evaluate(learner, state.params, held_out.sample, 100, key=jax.random.key(7)).mean)
 
 
 def test_digits_protonet_in_bfloat16_reaches_the_float32_accuracy():
