@@ -8,10 +8,12 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = sorted(f for f in os.listdir(os.path.join(ROOT, "examples")) if f.endswith(".py"))
-# ~50 s each on 2 cores; what they show is tested directly (MAML / FOMAML / ANIL in tests/test_maml.py, a custom
-# Learner in base.py's doctest, the in-context learner in tests/test_icl_distill_augment.py), so they run in
-# `make test-slow` and keep `make test` under 15 minutes.
-SLOW = {"maml_to_anil.py", "custom_learner.py", "icl_gpt2.py"}
+# ~30-50 s each on 2 cores; what they show is tested directly (MAML / FOMAML / ANIL in tests/test_maml.py, a custom
+# Learner in base.py's doctest, the in-context learner in tests/test_icl_distill_augment.py, the glyph data set in
+# tests/test_datasets.py with ProtoNet training in tests/test_metric_learners.py and the confusion-matrix plot in
+# tests/test_report.py, image folders and the grain EpisodeLoader in tests/test_folders.py and tests/test_pipeline.py),
+# so they run in `make test-slow` and keep `make test` near 15 minutes.
+SLOW = {"maml_to_anil.py", "custom_learner.py", "icl_gpt2.py", "glyphs_protonet.py", "image_folder_episodes.py"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in EXAMPLES])
