@@ -190,7 +190,7 @@ def _bert_outputs(impl, ids, mask):
     return np.asarray(jax.jit(model.apply)(params, ids, mask).last_hidden_state)
 
 
-@pytest.mark.parametrize("impl", ["auto", "xla"])
+@pytest.mark.parametrize("impl", ["auto", "xla"])  # "auto" is the einsum form on CPU, the fused call elsewhere
 def test_bert_fused_attention_matches_the_einsum_path_with_padding(impl):
     ids = jnp.asarray(np.random.default_rng(1).integers(1, 60, size=(3, 12)), jnp.int32)
     mask = jnp.asarray(np.arange(12)[None, :] < np.array([[12], [7], [3]]), jnp.int32)
