@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fsl_jax import _validate
 from fsl_jax.models.precision import check_precision
 
 Array = Any
@@ -78,9 +79,7 @@ ATTENTION_IMPLS = ("auto", "einsum", "xla", "cudnn")
 
 def check_attention_impl(value: Any) -> str:
     """``value`` if it names an attention implementation (see :func:`dot_product_attention`), else ``ValueError``."""
-    if value not in ATTENTION_IMPLS:
-        raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {value!r}")
-    return value
+    return _validate.choice("attention_impl", value, ATTENTION_IMPLS)
 
 
 def check_attention_backend(value: str) -> None:
