@@ -43,6 +43,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fsl_jax.models.dropout import Dropout
 from fsl_jax.models.precision import check_precision
 from fsl_jax.models.bert import (
     activation,
@@ -182,14 +183,14 @@ class GPT2Attention(nn.Module):
         scale = 1.0 / math.sqrt(head_dim) if cfg.scale_attn_weights else 1.0
         if cfg.scale_attn_by_inverse_layer_idx:
             scale /= self.layer_idx + 1
-        dropout = nn.Dropout(cfg.attn_pdrop) if cfg.attn_pdrop > 0 else None
+        dropout = Dropout(cfg.attn_pdrop) if cfg.attn_pdrop > 0 else None
         context = dot_product_attention(
             q, k.astype(self.dtype), v.astype(self.dtype), bias, dropout, deterministic, scale, cfg.attention_impl
         )
         context = context.reshape(context.shape[:-2] + (cfg.n_embd,))
         std = 0.02 / math.sqrt(2 * cfg.n_layer)
         out = _dense(cfg.n_embd, "c_proj", self.dtype, self.param_dtype, std)(context)
-        return nn.Dropout(cfg.resid_pdrop)(out, deterministic=deterministic), new_kv
+        return Dropout(cfg.resid_pdrop)(out, deterministic=deterministic), new_kv
 
 
 class GPT2MLP(nn.Module):
@@ -204,7 +205,7 @@ class GPT2MLP(nn.Module):
         cfg = self.config
         h = activation(cfg.activation_function)(_dense(cfg.inner_size, "c_fc", self.dtype, self.param_dtype)(x))
         h = _dense(cfg.n_embd, "c_proj", self.dtype, self.param_dtype, 0.02 / math.sqrt(2 * cfg.n_layer))(h)
-        return nn.Dropout(cfg.resid_pdrop)(h, deterministic=deterministic)
+        return Dropout(cfg.resid_pdrop)(h, deterministic=deterministic)
 
 
 class GPT2Block(nn.Module):
@@ -338,7 +339,7 @@ class GPT2(nn.Module):
             name="wpe",
         )
         x = wte(input_ids) + wpe(position_ids)
-        x = nn.Dropout(cfg.embd_pdrop)(x, deterministic=deterministic)
+        x = Dropout(cfg.embd_pdrop)(x, deterministic=deterministic)
 
         hidden_states = [x]
         keys, values = [], []
