@@ -247,9 +247,12 @@ def _attention_fwd(q, k, v, bias, keep, rate, scale):
     kt, vt = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
     scores = jnp.einsum("bhqd,bhkd->bhqk", qt, kt, preferred_element_type=acc) + bias.astype(acc)
     row_max = jnp.max(scores, axis=-1, keepdims=True)
-    row_max = jnp.where(jnp.isfinite(row_max), row_max, jnp.zeros((), acc))  # a row masked with -inf everywhere
+    # A query that may attend to nothing (a bias of -inf everywhere) gets zero weights and a zero output, not NaN;
+    # attention_bias's finite minimum gives such a row the uniform average instead, as transformers does.
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, jnp.zeros((), acc))
     weights = jnp.exp(scores - row_max)
-    probs = weights / jnp.sum(weights, axis=-1, keepdims=True)
+    total = jnp.sum(weights, axis=-1, keepdims=True)
+    probs = weights / jnp.where(total > 0, total, jnp.ones((), acc))
     used = probs if keep is None else jnp.where(keep, probs * (1.0 / (1.0 - rate)), 0.0)
     out = jnp.einsum("bhqk,bhkd->bhqd", used.astype(v.dtype), vt, preferred_element_type=acc)
     return jnp.swapaxes(out, 1, 2).astype(q.dtype), (qt, kt, vt, bias, keep, probs, out)
