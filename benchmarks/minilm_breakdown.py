@@ -7,7 +7,8 @@
 
 - the four matrix products of one encoder layer (fused QKV as three products, attention output, FFN up, FFN down),
   forward only, on ``[batch * length, 384]`` activations;
-- the attention core (``softmax(q k^T) v`` over 12 heads), forward and backward;
+- the attention core (``softmax(q k^T) v`` over 12 heads, ``[batch, length, heads, dim]`` in and out, as both
+  models hold it), forward and backward;
 - the whole model forward (dropout off), forward + backward, and the full step (AdamW) with and without dropout;
 - for fsl_jax, the same step with dropout keys of the ``rbg`` PRNG instead of the default ``threefry``.
 
@@ -55,11 +56,13 @@ w_dd, w_df, w_fd = torch.randn(d, d), torch.randn(d, f), torch.randn(f, d)
 with torch.no_grad():
     res["matmuls of one layer (6 products, forward)"] = timed(
         lambda: [x @ w_dd for _ in range(4)] + [x @ w_df, x4 @ w_fd])
-q, k, v = (torch.randn(b, h, t, d // h, requires_grad=True) for _ in range(3))
+# [b, t, heads, d] in and out, as in transformers' eager BertSelfAttention (view + permute, then permute back)
+q, k, v = (torch.randn(b, t, h, d // h, requires_grad=True) for _ in range(3))
 bias = torch.zeros(b, 1, 1, t)
 def attn():
-    p = torch.softmax(q @ k.transpose(-1, -2) * (d // h) ** -0.5 + bias, -1)
-    (p @ v).sum().backward()
+    qt, kt, vt = (x.permute(0, 2, 1, 3) for x in (q, k, v))
+    p = torch.softmax(qt @ kt.transpose(-1, -2) * (d // h) ** -0.5 + bias, -1)
+    (p @ vt).permute(0, 2, 1, 3).contiguous().view(b, t, d).sum().backward()
 res["attention core x6 layers (forward + backward)"] = timed(lambda: [attn() for _ in range(6)])
 ids = torch.randint(1000, 20000, (b, t)); mask = torch.ones(b, t, dtype=torch.long); y = torch.randint(0, 5, (b,))
 for dropout in (False, True):
