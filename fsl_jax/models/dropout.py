@@ -16,8 +16,8 @@ Example:
     >>> import jax, jax.numpy as jnp
     >>> x = jnp.ones((1000, 100))
     >>> y = Dropout(0.25).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
-    >>> round(float(jnp.mean(y == 0)), 2), float(jnp.max(y))  # a quarter dropped, the rest scaled by 1 / 0.75
-    (0.25, 1.3333333730697754)
+    >>> round(float(jnp.mean(y == 0)), 2), round(float(jnp.max(y)), 4)  # a quarter dropped, the rest times 1 / 0.75
+    (0.25, 1.3333)
     >>> bool(jnp.all(Dropout(0.25).apply({}, x, deterministic=True) == x))
     True
 """
