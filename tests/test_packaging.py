@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ["fsl_jax", "fsl_jax.data", "fsl_jax.models", "fsl_jax.llm"]
 HEAVY = ["matplotlib", "transformers", "sklearn", "torch", "orbax"]
 # Names in an __all__ that are meant to be modules; any other module there shadows a function of the same name.
-MODULE_NAMES = {"fsl_jax": {"data", "llm", "models", "parallel", "plots"}, "fsl_jax.data": {"text"}}
+MODULE_NAMES = {"fsl_jax": {"data", "llm", "models", "parallel", "plots"}, "fsl_jax.data": {"corpora", "text"}}
 
 
 def run_python(code: str) -> dict:
