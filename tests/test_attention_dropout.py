@@ -51,24 +51,26 @@ def test_attention_core_matches_autodiff_of_the_textbook_formula(with_dropout):
     def ref(q, k, v, bias):
         return jnp.sum(jnp.sin(_reference(q, k, v, bias, keep, rate)))
 
-    np.testing.assert_allclose(ours(q, k, v, bias), ref(q, k, v, bias), rtol=1e-12)
-    for got, want in zip(jax.grad(ours, (0, 1, 2, 3))(q, k, v, bias), jax.grad(ref, (0, 1, 2, 3))(q, k, v, bias)):
+    # every check is jitted: op-by-op float64 dispatch of these graphs took a minute
+    np.testing.assert_allclose(jax.jit(ours)(q, k, v, bias), jax.jit(ref)(q, k, v, bias), rtol=1e-12)
+    grads = [jax.jit(jax.grad(f, (0, 1, 2, 3)))(q, k, v, bias) for f in (ours, ref)]
+    for got, want in zip(*grads):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)  # q, k, v and the bias
 
     def second(f):  # grad of a function of the gradient: reverse over reverse
-        return jax.grad(lambda q: jnp.sum(jax.grad(f)(q, k, v, bias) ** 2))(q)
+        return jax.jit(jax.grad(lambda q: jnp.sum(jax.grad(f)(q, k, v, bias) ** 2)))(q)
 
     np.testing.assert_allclose(second(ours), second(ref), rtol=1e-9, atol=1e-11)
     u = jax.random.normal(jax.random.key(3), q.shape, jnp.float64)
 
     def hvp(f):  # forward over reverse, as iMAML's hvp="forward" takes it
-        return jax.jvp(lambda q: jax.grad(f)(q, k, v, bias), (q,), (u,))[1]
+        return jax.jit(lambda q: jax.jvp(lambda q: jax.grad(f)(q, k, v, bias), (q,), (u,))[1])(q)
 
     np.testing.assert_allclose(hvp(ours), hvp(ref), rtol=1e-9, atol=1e-11)
     batch = jnp.stack([q, 2 * q])
     np.testing.assert_allclose(
-        jax.vmap(lambda q: jax.grad(ours)(q, k, v, bias))(batch),
-        jax.vmap(lambda q: jax.grad(ref)(q, k, v, bias))(batch),
+        jax.jit(jax.vmap(lambda q: jax.grad(ours)(q, k, v, bias)))(batch),
+        jax.jit(jax.vmap(lambda q: jax.grad(ref)(q, k, v, bias)))(batch),
         rtol=1e-10,
         atol=1e-12,
     )
@@ -161,7 +163,7 @@ def test_bert_with_dropout_gradient_matches_a_finite_difference():
     config = BertConfig(
         vocab_size=30,
         hidden_size=16,
-        num_hidden_layers=2,
+        num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=32,
         max_position_embeddings=8,
@@ -174,17 +176,16 @@ def test_bert_with_dropout_gradient_matches_a_finite_difference():
     params = model.init(jax.random.key(0), ids, mask)
     key = jax.random.key(42)
 
-    def loss(p):
+    @jax.jit
+    def loss(p, key):
         h = model.apply(p, ids, mask, deterministic=False, rngs={"dropout": key}).last_hidden_state
         return jnp.sum(jnp.sin(h) * mask[..., None])
 
-    assert float(loss(params)) != float(
-        jnp.sum(jnp.sin(model.apply(params, ids, mask).last_hidden_state) * mask[..., None])
-    )
-    grad = jax.grad(loss)(params)
+    assert float(loss(params, key)) != float(loss(params, jax.random.key(7)))  # dropout is on: the key matters
+    grad = jax.jit(jax.grad(loss))(params, key)
     u = jax.tree_util.tree_map(lambda x: jax.random.normal(jax.random.key(x.size), x.shape, x.dtype), params)
     eps = 1e-6
-    plus = loss(jax.tree_util.tree_map(lambda p, d: p + eps * d, params, u))
-    minus = loss(jax.tree_util.tree_map(lambda p, d: p - eps * d, params, u))
+    plus = loss(jax.tree_util.tree_map(lambda p, d: p + eps * d, params, u), key)
+    minus = loss(jax.tree_util.tree_map(lambda p, d: p - eps * d, params, u), key)
     directional = sum(jnp.vdot(g, d) for g, d in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(u)))
     np.testing.assert_allclose(float(directional), float((plus - minus) / (2 * eps)), rtol=1e-6)
