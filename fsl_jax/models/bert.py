@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fsl_jax import _validate
-from fsl_jax.models.dropout import Dropout
+from fsl_jax.models.dropout import Dropout, apply_mask
 from fsl_jax.models.precision import check_precision
 
 Array = Any
@@ -253,7 +253,7 @@ def _attention_fwd(q, k, v, bias, keep, rate, scale):
     weights = jnp.exp(scores - row_max)
     total = jnp.sum(weights, axis=-1, keepdims=True)
     probs = weights / jnp.where(total > 0, total, jnp.ones((), acc))
-    used = probs if keep is None else jnp.where(keep, probs * (1.0 / (1.0 - rate)), 0.0)
+    used = probs if keep is None else apply_mask(probs, keep, rate)
     out = jnp.einsum("bhqk,bhkd->bhqd", used.astype(v.dtype), vt, preferred_element_type=acc)
     return jnp.swapaxes(out, 1, 2).astype(q.dtype), (qt, kt, vt, bias, keep, probs, out)
 
@@ -262,10 +262,10 @@ def _attention_bwd(rate, scale, residuals, grad):
     qt, kt, vt, bias, keep, probs, out = residuals
     acc = probs.dtype
     gt = jnp.swapaxes(grad, 1, 2)
-    used = probs if keep is None else jnp.where(keep, probs * (1.0 / (1.0 - rate)), 0.0)
+    used = probs if keep is None else apply_mask(probs, keep, rate)
     dv = jnp.einsum("bhqk,bhqd->bhkd", used.astype(gt.dtype), gt, preferred_element_type=acc)
     d_used = jnp.einsum("bhqd,bhkd->bhqk", gt, vt, preferred_element_type=acc)
-    d_probs = d_used if keep is None else jnp.where(keep, d_used * (1.0 / (1.0 - rate)), 0.0)
+    d_probs = d_used if keep is None else apply_mask(d_used, keep, rate)
     # softmax backward; sum_k probs * d_probs == <grad, out> row by row (also with the dropout mask)
     delta = jnp.sum(gt.astype(acc) * out, axis=-1, keepdims=True)
     d_scores = probs * (d_probs - delta)

@@ -70,7 +70,12 @@ def dropout(x: Array, rate: float, key: Array) -> Array:
         return x
     if rate == 1.0:
         return jnp.zeros_like(x)
-    keep = keep_mask(key, rate, x.shape)
+    return apply_mask(x, keep_mask(key, rate, x.shape), rate)
+
+
+def apply_mask(x: Array, keep: Array, rate: float) -> Array:
+    """``x`` zeroed where ``keep`` is false and scaled by ``1 / (1 - rate)`` elsewhere (``rate < 1``): the one place
+    that applies a dropout mask, for :func:`dropout` and code that keeps its mask (the attention core's backward)."""
     return lax.select(keep, x * jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros_like(x))
 
 
