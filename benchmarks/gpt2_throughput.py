@@ -26,10 +26,8 @@ tokens; generation: new tokens), the ratio PyTorch time / fsl_jax time. Writes `
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+from minilm_throughput import run_torch_side, write_result  # noqa: E402
 
 TORCH_SIDE = r"""
 import json, statistics, sys, time
@@ -185,13 +186,7 @@ def main(argv=None) -> int:
         if os.path.exists(args.torch_python):
             cfg = {"folder": folder, "inputs": os.path.join(tmp, "inputs.npz"), "repeats": args.repeats}
             cfg["gen_new"] = args.gen_new
-            proc = subprocess.run(
-                [args.torch_python, "-c", TORCH_SIDE, json.dumps(cfg)], capture_output=True, text=True
-            )
-            if proc.returncode != 0:
-                print(proc.stderr[-3000:])
-                raise SystemExit("the PyTorch side failed (run bash benchmarks/setup_bench_env.sh)")
-            theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+            theirs = run_torch_side(args.torch_python, TORCH_SIDE, cfg)
         else:
             print(f"no {args.torch_python}: fsl_jax side only (run `bash benchmarks/setup_bench_env.sh` for PyTorch)")
 
@@ -228,8 +223,6 @@ def main(argv=None) -> int:
         their_cell = f"{other:.3f} ({tokens / other:.0f})" if other else "-"
         ratio = f"{other / mine:.2f}x" if other else "-"
         print(f"| {name} ({what}) | {mine:.3f} ({tokens / mine:.0f}) | {their_cell} | {ratio} |")
-    from minilm_throughput import write_result
-
     for side in (ours, theirs or {}):
         side.pop("scores", None)
         side.pop("tokens", None)

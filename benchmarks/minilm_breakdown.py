@@ -20,10 +20,8 @@ calls. Prints a markdown table; writes ``benchmarks/results/minilm_breakdown.jso
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -32,6 +30,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+from minilm_throughput import run_torch_side, write_result  # noqa: E402
 
 TORCH_SIDE = r"""
 import json, statistics, sys, time
@@ -169,11 +170,7 @@ def main(argv=None) -> int:
     theirs = None
     if os.path.exists(args.torch_python):
         cfg = {"batch": args.batch, "length": args.length, "repeats": args.repeats, "folder": ours["folder"]}
-        proc = subprocess.run([args.torch_python, "-c", TORCH_SIDE, json.dumps(cfg)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:])
-            raise SystemExit("the PyTorch side failed (run bash benchmarks/setup_bench_env.sh)")
-        theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+        theirs = run_torch_side(args.torch_python, TORCH_SIDE, cfg)
     else:
         print(f"no {args.torch_python}: fsl_jax side only (run `bash benchmarks/setup_bench_env.sh` for PyTorch)")
 
@@ -187,8 +184,6 @@ def main(argv=None) -> int:
         other = theirs["results"].get(name) if theirs else None
         ratio = f"{other / sec:.2f}x" if other else "-"
         print(f"| {name} | {1e3 * sec:.0f} | {f'{1e3 * other:.0f}' if other else '-'} | {ratio} |")
-    from minilm_throughput import write_result
-
     write_result(args.out, {"settings": vars(args), "fsl_jax": ours, "torch": theirs})
     return 0
 

@@ -172,13 +172,7 @@ def main(argv=None) -> int:
                 "warmup": args.warmup,
                 "dropout": args.dropout == "on",
             }
-            proc = subprocess.run(
-                [args.torch_python, "-c", TORCH_SIDE, json.dumps(cfg)], capture_output=True, text=True
-            )
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:])
-            raise SystemExit("the transformers PyTorch peer failed (run bash benchmarks/setup_bench_env.sh)")
-        results["transformers_torch"] = json.loads(proc.stdout.strip().splitlines()[-1])
+            results["transformers_torch"] = run_torch_side(args.torch_python, TORCH_SIDE, cfg)
     else:
         print(f"no {args.torch_python}: run `bash benchmarks/setup_bench_env.sh` for the PyTorch peer")
 
@@ -213,6 +207,16 @@ def main(argv=None) -> int:
         print(f"| {name} | {med:.3f} | {eps:.1f} | {ratio} | {first:.1f} |")
     write_result(args.out, {"settings": vars(args), "results": results, "forward_max_abs_diff": diff})
     return 0
+
+
+def run_torch_side(python: str, code: str, cfg: dict) -> dict:
+    """Runs the PyTorch peer ``code`` with the bench interpreter ``python`` (``code`` reads ``cfg`` as JSON from
+    ``sys.argv[1]`` and prints its result as JSON on its last line); exits with its stderr if it fails."""
+    proc = subprocess.run([python, "-c", code, json.dumps(cfg)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:])
+        raise SystemExit("the PyTorch peer failed (run bash benchmarks/setup_bench_env.sh)")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def write_result(out: str, doc: dict) -> None:

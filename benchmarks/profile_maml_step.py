@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import json
 import os
 import re
@@ -26,6 +25,9 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from _profile import dump_hlo, op_info, optimized_hlo, thunk_seconds  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -38,13 +40,9 @@ def main(argv=None) -> int:
     if args.meta_batch < 1 or args.task_chunk < 0:
         p.error(f"--meta-batch must be >= 1 and --task-chunk >= 0, got {args.meta_batch} and {args.task_chunk}")
     tmp = tempfile.mkdtemp(prefix="fsl_jax_profile_")
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={tmp}/hlo --xla_dump_hlo_as_text"
-        " --xla_dump_hlo_module_re=.*update.*"
-    ).strip()
+    dump_hlo(tmp, ".*update.*")
     import jax
 
-    sys.path.insert(0, HERE)
     from xla_cpu_flags import conv_maml_step
 
     b = args.meta_batch
@@ -56,17 +54,8 @@ def main(argv=None) -> int:
         for _ in range(2):
             jax.block_until_ready(compiled(state, tasks, key))
     wall = (time.perf_counter() - t0) / 2
-    trace = glob.glob(f"{tmp}/trace/**/*.xplane.pb", recursive=True)[0]
-    per_op: collections.Counter = collections.Counter()
-    for plane in jax.profiler.ProfileData.from_file(trace).planes:
-        for line in plane.lines:
-            if not line.name.startswith("tf_XLAEigen"):
-                continue
-            for event in line.events:
-                if not event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
-                    per_op[event.name] += event.duration_ns / 2e9
-    hlo_files = sorted(glob.glob(f"{tmp}/hlo/*update*after_optimizations.txt"))
-    hlo = open(hlo_files[-1]).read() if hlo_files else ""
+    per_op = thunk_seconds(f"{tmp}/trace", 2)
+    hlo = optimized_hlo(tmp, "*update*")
     per_kind: collections.Counter = collections.Counter()
     for name, seconds in per_op.items():
         per_kind[re.sub(r"\.\d+$", "", name)] += seconds
@@ -77,8 +66,7 @@ def main(argv=None) -> int:
     ops = ["| operation | s/step | shape | JAX source |", "|---|---|---|---|"]
     top = []
     for name, seconds in per_op.most_common(args.top):
-        m = re.search(r"%" + re.escape(name) + r" = (\S+) .*?op_name=\"([^\"]+)\"", hlo)
-        shape, source = (m.group(1), m.group(2)) if m else ("", "")
+        shape, source = op_info(hlo, name)
         top.append({"op": name, "seconds": seconds, "shape": shape, "source": source})
         ops.append(f"| `{name}` | {seconds:.3f} | `{shape}` | `{source[-80:]}` |")
     print(

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import json
 import os
 import re
@@ -29,6 +28,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+from _profile import dump_hlo, op_info, optimized_hlo, thunk_seconds  # noqa: E402
 
 # (role, regular expression on the JAX source op name / HLO op); the first match wins.
 ROLES = [
@@ -74,10 +76,7 @@ def main(argv=None) -> int:
     if args.batch < 1 or args.length < 2:
         p.error(f"--batch must be >= 1 and --length >= 2, got {args.batch} and {args.length}")
     tmp = tempfile.mkdtemp(prefix="fsl_jax_profile_")
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={tmp}/hlo --xla_dump_hlo_as_text"
-        " --xla_dump_hlo_module_re=.*step.*"
-    ).strip()
+    dump_hlo(tmp, ".*step.*")
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -108,21 +107,9 @@ def main(argv=None) -> int:
             state, loss = step(state, ids, y, idx, key(10 + i))
         jax.block_until_ready(loss)
     wall = (time.perf_counter() - t0) / n
-    trace = glob.glob(f"{tmp}/trace/**/*.xplane.pb", recursive=True)[0]
-    per_op: collections.Counter = collections.Counter()
-    for plane in jax.profiler.ProfileData.from_file(trace).planes:
-        for line in plane.lines:
-            if not line.name.startswith("tf_XLAEigen"):
-                continue
-            for event in line.events:
-                if not event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
-                    per_op[event.name] += event.duration_ns / (n * 1e9)
-    hlo_files = sorted(glob.glob(f"{tmp}/hlo/*step*after_optimizations.txt"), key=os.path.getsize)
-    hlo = open(hlo_files[-1]).read() if hlo_files else ""
-    info = {}
-    for name in per_op:
-        m = re.search(r"%" + re.escape(name) + r" = (\S+) .*?op_name=\"([^\"]+)\"", hlo)
-        info[name] = (m.group(1), m.group(2)) if m else ("", "")
+    per_op = thunk_seconds(f"{tmp}/trace", n)
+    hlo = optimized_hlo(tmp, "*step*")
+    info = {name: op_info(hlo, name) for name in per_op}
     per_kind: collections.Counter = collections.Counter()
     per_role: collections.Counter = collections.Counter()
     for name, seconds in per_op.items():
