@@ -117,11 +117,9 @@ def test_bert_classifier_gradient_in_bfloat16_is_close_to_float32():
     _compare(jax.jit(jax.grad(loss(jnp.bfloat16)))(params), jax.jit(jax.grad(loss(jnp.float32)))(params), 0.1, 0.99)
 
 
-def _train_sinusoid(dtype, steps=300):
-    """Test MSE after adaptation of MAML meta-trained for ``steps`` steps, and of the untrained initialisation."""
-    learner = fj.maml(fj.models.MLP((40, 40), 1, dtype=dtype), "mse", 0.01, 1)
-    source = fj.data.sinusoid_tasks
-    params = learner.init(jax.random.key(0), fj.task_at(source(jax.random.key(0), 1, shots=10, queries=10), 0))
+def _meta_train(learner, params, sample, steps):
+    """``steps`` Adam (1e-3) meta-steps of ``learner`` from ``params`` on tasks ``sample(key)``, in one jitted scan
+    (key 1); the final :class:`fj.TrainState`."""
     opt = optax.adam(1e-3)
     state = fj.TrainState.create(learner, params, opt)
     step = fj.make_meta_step(learner, opt)
@@ -130,11 +128,19 @@ def _train_sinusoid(dtype, steps=300):
     def run(state, key):
         def body(s, k):
             k1, k2 = jax.random.split(k)
-            return step(s, source(k1, 8, shots=10, queries=10), k2)[0], None
+            return step(s, sample(k1), k2)[0], None
 
         return jax.lax.scan(body, state, jax.random.split(key, steps))[0]
 
-    state = run(state, jax.random.key(1))
+    return run(state, jax.random.key(1))
+
+
+def _train_sinusoid(dtype, steps=300):
+    """Test MSE after adaptation of MAML meta-trained for ``steps`` steps, and of the untrained initialisation."""
+    learner = fj.maml(fj.models.MLP((40, 40), 1, dtype=dtype), "mse", 0.01, 1)
+    source = fj.data.sinusoid_tasks
+    params = learner.init(jax.random.key(0), fj.task_at(source(jax.random.key(0), 1, shots=10, queries=10), 0))
+    state = _meta_train(learner, params, lambda k: source(k, 8, shots=10, queries=10), steps)
     for leaf in jax.tree_util.tree_leaves((state.params, state.opt_state)):
         if jnp.issubdtype(leaf.dtype, jnp.floating):
             assert leaf.dtype == jnp.float32, "meta-parameters and optimiser state stay float32"
@@ -155,19 +161,7 @@ def _train_digits(dtype, steps=80):
     learner = fj.protonet(fj.models.Conv4(hidden=8, blocks=2, dtype=dtype), 5)
     sampler = fj.data.DeviceSampler(data[:5], 5, 1, 5)
     params = learner.init(jax.random.key(0), fj.task_at(sampler.sample(jax.random.key(0), 1), 0))
-    opt = optax.adam(1e-3)
-    state = fj.TrainState.create(learner, params, opt)
-    step = fj.make_meta_step(learner, opt)
-
-    @jax.jit
-    def run(state, key):
-        def body(s, k):
-            k1, k2 = jax.random.split(k)
-            return step(s, sampler.sample(k1, 8), k2)[0], None
-
-        return jax.lax.scan(body, state, jax.random.split(key, steps))[0]
-
-    state = run(state, jax.random.key(1))
+    state = _meta_train(learner, params, lambda k: sampler.sample(k, 8), steps)
     held_out = fj.data.DeviceSampler(data[5:], 5, 1, 5)
     return float(fj.evaluate(learner, state.params, held_out.sample, 100, key=jax.random.key(7)).mean)
 
