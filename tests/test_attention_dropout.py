@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fsl_jax.models.bert import Bert, BertConfig, _attention, attention_bias, dot_product_attention
-from fsl_jax.models.dropout import Dropout, dropout, keep_mask
+from fsl_jax.models.dropout import Dropout, apply_mask, dropout, keep_mask
 
 B, T, H, D = 2, 5, 3, 4
 SCALE = 0.5
@@ -155,6 +155,8 @@ def test_dropout_module_layers_draw_different_masks_and_edge_rates():
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match=r"rate must be in \[0, 1\]"):
             dropout(x, bad, jax.random.key(0))
+    with pytest.raises(ValueError, match=r"rate must be < 1 to scale the kept values, got 1.0"):
+        apply_mask(x, x > 0, 1.0)
 
 
 def test_bert_with_dropout_gradient_matches_a_finite_difference():

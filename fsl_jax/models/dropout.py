@@ -76,6 +76,8 @@ def dropout(x: Array, rate: float, key: Array) -> Array:
 def apply_mask(x: Array, keep: Array, rate: float) -> Array:
     """``x`` zeroed where ``keep`` is false and scaled by ``1 / (1 - rate)`` elsewhere (``rate < 1``): the one place
     that applies a dropout mask, for :func:`dropout` and code that keeps its mask (the attention core's backward)."""
+    if not _validate.fraction("rate", rate) < 1.0:
+        raise ValueError(f"rate must be < 1 to scale the kept values, got {rate!r}")
     return lax.select(keep, x * jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros_like(x))
 
 
