@@ -77,6 +77,7 @@ FAST = {
     # at 0.5 from ANIL's zero head barely separate the classes (measured: 0.37, two classes predicted); 30 steps at
     # 0.25 separate them (measured: 1.0 with fit seeds 0, 1 and 2).
     "anil": dict(meta_train_steps=3, learning_rate=1e-3, inner_lr=0.25, inner_steps=30),
+    "auto": dict(auto_methods=("head", "setfit"), auto_folds=2, steps=30, learning_rate=1e-3),
 }
 
 
@@ -249,12 +250,132 @@ def test_setfit_pairs_are_correct_and_linear_in_memory():
     assert sampled_counts.max() < 20  # anchors spread over the data set
 
 
-def test_save_load_round_trip_gives_identical_predictions(fitted, tmp_path):
+def test_setfit_paper_pairs_counts_balance_and_no_self_pairs():
+    from fsl_jax.llm.text_methods.setfit import setfit_pairs
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(5), [8, 8, 3, 12, 9]).astype(np.int32)
+    rng.shuffle(y)
+    n, rounds = len(y), 20
+    a, b, t = setfit_pairs(y, rounds, np.random.default_rng(1))
+    assert len(a) == len(b) == len(t) == 2 * rounds * n  # one positive + one negative per example per round
+    assert int(t.sum()) == rounds * n  # balanced
+    assert np.all(a != b)  # never an example with itself
+    np.testing.assert_array_equal(y[a] == y[b], t == 1)  # positives share the class, negatives do not
+    # every example anchors exactly `rounds` positive and `rounds` negative pairs
+    np.testing.assert_array_equal(np.bincount(a[t == 1], minlength=n), np.full(n, rounds))
+    np.testing.assert_array_equal(np.bincount(a[t == 0], minlength=n), np.full(n, rounds))
+    # partners are uniform: a positive partner over the anchor's other class members, a negative one over the other
+    # classes' members (each examples's expected partner count against its observed one, summed over anchors)
+    expected = np.zeros(n)
+    for i in range(n):
+        same = (y == y[i]) & (np.arange(n) != i)
+        expected += rounds * same / same.sum() + rounds * (y != y[i]) / (y != y[i]).sum()
+    observed = np.bincount(b, minlength=n)
+    assert np.abs(observed - expected).max() < 5 * np.sqrt(expected.max()), (observed, expected)
+    # shuffled: positives and negatives interleave, and another generator gives another order
+    assert 0.3 < t[: len(t) // 2].mean() < 0.7
+    assert not np.array_equal(a, setfit_pairs(y, rounds, np.random.default_rng(2))[0])
+    # the same generator state gives the same pairs
+    np.testing.assert_array_equal(a, setfit_pairs(y, rounds, np.random.default_rng(1))[0])
+    # a class with a single example gets no positive pair, and is still a negative partner
+    y1 = np.array([0, 0, 1, 2, 2], np.int32)
+    a1, b1, t1 = setfit_pairs(y1, 3, np.random.default_rng(0))
+    assert len(a1) == 3 * (5 + 4) and not np.any((a1 == 2) & (t1 == 1)) and np.all(a1 != b1)
+    assert np.any(b1[t1 == 0] == 2)
+    with pytest.raises(ValueError, match="num_iterations must be >= 1, got 0"):
+        setfit_pairs(y1, 0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="at least two classes"):
+        setfit_pairs(np.zeros(4, np.int32), 2, np.random.default_rng(0))
+
+
+def test_setfit_paper_sampling_trains_one_epoch_over_the_pairs(tiny_bert):
+    texts, labels = easy_texts(4, seed=13)  # 12 texts
+    clf = FewShotTextClassifier(tiny_bert, "setfit", max_length=MAX_LEN, num_iterations=3, batch_size=8)
+    info = clf.fit(texts, labels).fit_info_
+    assert info["pairs"] == 2 * 3 * 12 and info["positive_pairs"] == 36
+    assert info["steps"] == 9  # ceil(72 / 8): one pass over the pairs
+    capped = FewShotTextClassifier(tiny_bert, "setfit", max_length=MAX_LEN, num_iterations=3, batch_size=8, steps=4)
+    assert capped.fit(texts, labels).fit_info_["steps"] == 4  # steps caps it (SetFit's max_steps)
+
+
+def test_finetune_layer_decay_scales_each_layers_learning_rate(tiny_bert):
+    from fsl_jax.llm.text_methods.finetune import finetune_fns
+
+    bb = load_backbone(tiny_bert)
+    module, variables, _ = bb.classifier(3, jax.random.key(0), normalize=True)
+    params = variables["params"]
+    decay, lr, head_lr = 0.5, 1e-3, 1e-2
+    tx, _, _ = finetune_fns(module, lr, head_lr, 0.0, 10, False, decay, 0.0, 2)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    state = tx.init(params)
+    _, state = tx.update(grads, state, params)  # step 0 of the schedule: rate 0
+    updates, _ = tx.update(grads, state, params)  # step 1: the peak rates
+    # with constant gradients Adam moves every coordinate by its learning rate: read each group's rate back
+    rate = {
+        "head": float(jnp.abs(updates["head"]["kernel"]).mean()),
+        "embeddings": float(jnp.abs(updates["bert"]["embeddings"]["word_embeddings"]["embedding"]).mean()),
+    }
+    rate["layer_0"] = float(jnp.abs(updates["bert"]["layer_0"]["intermediate"]["kernel"]).mean())
+    rate["layer_1"] = float(jnp.abs(updates["bert"]["layer_1"]["intermediate"]["kernel"]).mean())
+    np.testing.assert_allclose(rate["head"], head_lr, rtol=1e-3)
+    np.testing.assert_allclose(rate["layer_1"], lr, rtol=1e-3)  # the top layer: the full rate
+    np.testing.assert_allclose(rate["layer_0"], lr * decay, rtol=1e-3)
+    np.testing.assert_allclose(rate["embeddings"], lr * decay**2, rtol=1e-3)
+
+
+def test_auto_selects_by_cross_validation_on_the_support_set_only(tiny_bert):
+    from fsl_jax.llm.text_methods.auto import stratified_folds
+
+    y = np.repeat(np.arange(3), [5, 4, 7])
+    parts = stratified_folds(y, 4, np.random.default_rng(0))
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(len(y)))  # a partition
+    for part in parts:  # each class spread evenly over the folds
+        counts = np.bincount(y[part], minlength=3)
+        assert np.all(np.abs(counts - np.bincount(y) / 4) < 1)
+
+    support, support_labels = easy_texts(4, seed=14)
+    settings = dict(max_length=MAX_LEN, auto_methods=("head", "setfit"), auto_folds=2, num_iterations=2)
+    clf = FewShotTextClassifier(tiny_bert, "auto", **settings).fit(support, support_labels)
+    report = clf.fit_info_["auto"]
+    assert report["folds"] == 2 and set(report["cv_accuracy"]) == {"head", "setfit"}
+    assert clf.fit_info_["chosen_method"] == report["chosen"] in ("head", "setfit")
+    # each cross-validated accuracy is over every support text once, so it is a multiple of 1 / 12
+    for acc in report["cv_accuracy"].values():
+        assert abs(acc * 12 - round(acc * 12)) < 1e-9
+    # the selection reads nothing but the support set: two different "test sets" scored after the fit (and before a
+    # refit) change neither the choice nor the cross-validation numbers nor the predictions
+    probe, _ = easy_texts(3, seed=15)
+    first = clf.predict_proba(probe)
+    clf.score(*easy_texts(6, seed=16))
+    again = FewShotTextClassifier(tiny_bert, "auto", **settings)
+    again.fit(support, support_labels)
+    clf.score(*easy_texts(6, seed=17))
+    assert again.fit_info_["auto"]["cv_accuracy"] == report["cv_accuracy"]
+    assert again.fit_info_["auto"]["chosen"] == report["chosen"]
+    np.testing.assert_allclose(again.predict_proba(probe), first, rtol=1e-5, atol=1e-6)
+    # a budget too small for anything after the first candidate keeps only the first
+    quick = FewShotTextClassifier(tiny_bert, "auto", time_budget=1e-3, **settings).fit(support, support_labels)
+    assert quick.fit_info_["auto"]["chosen"] == "head"
+    assert quick.fit_info_["auto"]["skipped_for_time"] == ["setfit"]
+    # a class with a single text: no cross-validation, the first candidate
+    one = FewShotTextClassifier(tiny_bert, "auto", **settings).fit(support[:9], support_labels[:9])
+    assert one.fit_info_["chosen_method"] == "head" and "no cross-validation" in one.fit_info_["auto"]["note"]
+
+
+def test_save_load_round_trip_gives_identical_predictions(fitted, tiny_bert, tmp_path):
     texts, _ = easy_texts(5, seed=11)
-    for method in ("head", "finetune", "protonet"):
-        clf = fitted(method)
-        folder = clf.save(tmp_path / method)
-        assert (folder / "encoder").is_dir() == (method != "head")
+    end_to_end = FewShotTextClassifier(
+        tiny_bert, "setfit", max_length=MAX_LEN, num_iterations=2, setfit_head="end_to_end", learning_rate=1e-3
+    ).fit(*easy_texts(4, seed=12))
+    assert end_to_end.fit_info_["end_to_end_epochs"] == 2.0
+    models = {m: fitted(m) for m in METHODS}
+    models["setfit-end-to-end"] = end_to_end
+    for name, clf in models.items():
+        method = clf.method
+        folder = clf.save(tmp_path / name)
+        assert (clf._bert is None) == (method == "head" or clf.fit_info_.get("chosen_method") == "head")
+        assert (folder / "encoder").is_dir() == (clf._bert is not None)
         loaded = FewShotTextClassifier.load(folder)
         assert loaded.classes_ == clf.classes_ and loaded.method == method
         np.testing.assert_array_equal(loaded.predict(texts), clf.predict(texts))
@@ -289,6 +410,24 @@ def test_bad_inputs_raise_naming_the_argument(tiny_bert):
         FewShotTextClassifier(tiny_bert, "finetune", learning_rate=-1.0)
     with pytest.raises(TypeError, match="augment"):
         FewShotTextClassifier(tiny_bert, augment="synonyms")
+    with pytest.raises(ValueError, match="setfit_sampling must be one of .* got 'all'"):
+        FewShotTextClassifier(tiny_bert, "setfit", setfit_sampling="all")
+    with pytest.raises(ValueError, match="num_iterations must be an int >= 1, got 0"):
+        FewShotTextClassifier(tiny_bert, "setfit", num_iterations=0)
+    with pytest.raises(ValueError, match="setfit_head must be one of"):
+        FewShotTextClassifier(tiny_bert, "setfit", setfit_head="mlp")
+    with pytest.raises(ValueError, match="layer_decay must be in \\(0, 1\\], got 1.5"):
+        FewShotTextClassifier(tiny_bert, "finetune", layer_decay=1.5)
+    with pytest.raises(ValueError, match="warmup_fraction must be in \\[0, 1\\), got 1.0"):
+        FewShotTextClassifier(tiny_bert, "finetune", warmup_fraction=1.0)
+    with pytest.raises(ValueError, match="auto_methods must be one of .* got 'auto'"):
+        FewShotTextClassifier(tiny_bert, "auto", auto_methods=("head", "auto"))
+    with pytest.raises(ValueError, match="auto_methods must be a non-empty sequence"):
+        FewShotTextClassifier(tiny_bert, "auto", auto_methods="head")
+    with pytest.raises(ValueError, match="auto_folds must be an int >= 2, got 1"):
+        FewShotTextClassifier(tiny_bert, "auto", auto_folds=1)
+    with pytest.raises(ValueError, match="time_budget must be a positive finite number or None, got -5"):
+        FewShotTextClassifier(tiny_bert, "auto", time_budget=-5)
     with pytest.raises(RuntimeError, match="not fitted"):
         clf.predict(["x"])
     with pytest.raises(ValueError, match="meta_texts"):

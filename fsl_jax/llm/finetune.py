@@ -66,7 +66,7 @@ import numpy as np
 
 from fsl_jax import _validate
 from fsl_jax.data.text import sort_labels, tokenize
-from fsl_jax.llm.text_methods import episodic, head, setfit
+from fsl_jax.llm.text_methods import auto, episodic, head, setfit
 from fsl_jax.llm.text_methods import finetune as full_finetune
 from fsl_jax.llm.text_methods.common import features
 
@@ -79,7 +79,7 @@ from fsl_jax.llm.text_models import Backbone, load_backbone
 
 __all__ = ["METHODS", "FewShotTextClassifier", "sample_pairs"]
 
-METHODS = ("head", "finetune", "setfit", "protonet", "anil")
+METHODS = ("head", "finetune", "setfit", "protonet", "anil", "auto")
 SETFIT_LOSSES = setfit.LOSSES
 FINETUNE_INITS = ("probe", "random")
 _FORMAT = "fsl_jax.FewShotTextClassifier"
@@ -91,6 +91,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "setfit": setfit.DEFAULTS,
     "protonet": episodic.PROTONET_DEFAULTS,
     "anil": episodic.ANIL_DEFAULTS,
+    "auto": {},
 }
 
 # fit_<method>(clf, texts, y[, meta=(meta_texts, meta_labels)]): sets clf._bert, clf._head and clf.fit_info_.
@@ -100,6 +101,7 @@ _FIT: dict[str, Callable[..., None]] = {
     "setfit": setfit.fit_setfit,
     "protonet": episodic.fit_protonet,
     "anil": episodic.fit_anil,
+    "auto": auto.fit_auto,
 }
 _META_METHODS = ("protonet", "anil")
 
@@ -145,6 +147,18 @@ class FewShotTextClassifier:
       setfit_loss: ``"cosine"`` (CosineSimilarityLoss, MSE between cosine similarity and 1 / 0) or
         ``"contrastive"`` (margin loss on the cosine distance).
       margin: the ``"contrastive"`` margin.
+      setfit_sampling: ``"paper"`` (SetFit's pair generation: ``num_iterations`` rounds of one positive and one
+        negative pair per support text, one epoch) or ``"random"`` (``steps`` steps of pairs drawn on the device).
+      num_iterations: ``setfit`` rounds of pair generation (default 20, SetFit's).
+      setfit_head: ``"logistic"`` (logistic regression on the tuned embeddings) or ``"end_to_end"`` (that head and
+        the encoder then trained together on the cross-entropy for ``setfit_head_epochs`` epochs).
+      setfit_head_epochs: epochs of the ``"end_to_end"`` head training.
+      layer_decay: ``finetune``'s layer-wise learning-rate decay (1 = none; layer ``i`` of ``L`` trains at
+        ``learning_rate * layer_decay ** (L - i)``).
+      warmup_fraction: ``finetune``'s share of the steps spent warming the learning rates up from 0.
+      auto_methods: ``auto``'s candidate methods, tried in order (the first is always kept).
+      auto_folds: ``auto``'s cross-validation folds on the support set.
+      time_budget: seconds ``auto``'s whole ``fit`` should stay within (``None``: no limit).
       temperature: ``protonet`` logits are ``cos / temperature``.
       meta_train_steps: episodic meta-training steps for ``protonet`` (default 0) and ``anil`` (default 10).
       meta_batch: tasks per meta-step.
@@ -205,6 +219,15 @@ class FewShotTextClassifier:
         eval_every: int | None = None,
         setfit_loss: str = "cosine",
         margin: float = 0.5,
+        setfit_sampling: str = "paper",
+        num_iterations: int = setfit.NUM_ITERATIONS,
+        setfit_head: str = "logistic",
+        setfit_head_epochs: float = 2.0,
+        layer_decay: float | None = None,
+        warmup_fraction: float | None = None,
+        auto_methods: Sequence[str] = auto.DEFAULT_METHODS,
+        auto_folds: int = 4,
+        time_budget: float | None = None,
         temperature: float = 0.05,
         meta_train_steps: int | None = None,
         meta_batch: int = 2,
@@ -253,6 +276,23 @@ class FewShotTextClassifier:
         self.eval_every = _validate.integer("eval_every", eval_every, allow_none=True)
         self.setfit_loss = setfit_loss
         self.margin = _validate.number("margin", margin)
+        self.setfit_sampling = _validate.choice("setfit_sampling", setfit_sampling, setfit.SAMPLINGS)
+        self.num_iterations = _validate.integer("num_iterations", num_iterations)
+        self.setfit_head = _validate.choice("setfit_head", setfit_head, setfit.HEADS)
+        self.setfit_head_epochs = _validate.number("setfit_head_epochs", setfit_head_epochs)
+        self.layer_decay = _validate.number("layer_decay", layer_decay, allow_none=True)
+        if self.layer_decay is not None and self.layer_decay > 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay!r}")
+        self.warmup_fraction = _validate.number("warmup_fraction", warmup_fraction, allow_none=True, allow_zero=True)
+        if self.warmup_fraction is not None and self.warmup_fraction >= 1:
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction!r}")
+        if isinstance(auto_methods, str) or not all(isinstance(m, str) for m in auto_methods) or not auto_methods:
+            raise ValueError(f"auto_methods must be a non-empty sequence of method names, got {auto_methods!r}")
+        for m in auto_methods:
+            _validate.choice("auto_methods", m, tuple(x for x in METHODS if x != "auto"))
+        self.auto_methods = tuple(auto_methods)
+        self.auto_folds = _validate.integer("auto_folds", auto_folds, minimum=2)
+        self.time_budget = _validate.number("time_budget", time_budget, allow_none=True)
         self.temperature = _validate.number("temperature", temperature)
         self.meta_train_steps = _validate.integer("meta_train_steps", meta_train_steps, allow_none=True, minimum=0)
         self.meta_batch = _validate.integer("meta_batch", meta_batch)

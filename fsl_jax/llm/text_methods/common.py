@@ -110,9 +110,24 @@ def decay_mask(params):
     return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
 
 
-def adamw(peak: float, steps: int, weight_decay: float) -> optax.GradientTransformation:
+def adamw(peak: float, steps: int, weight_decay: float, warmup_fraction: float = 0.1) -> optax.GradientTransformation:
     """AdamW over :func:`schedule` with :func:`decay_mask`."""
-    return optax.adamw(schedule(peak, steps), weight_decay=weight_decay, mask=decay_mask)
+    return optax.adamw(schedule(peak, steps, warmup_fraction), weight_decay=weight_decay, mask=decay_mask)
+
+
+def layer_depths(bert_params: Any) -> dict[str, int]:
+    """Depth of each top-level entry of BERT's parameters: ``embeddings`` 0, ``layer_i`` ``i + 1`` (any other entry,
+    e.g. a pooler, sits above the last layer)."""
+    depths = {}
+    layers = sum(1 for k in bert_params if k.startswith("layer_"))
+    for k in bert_params:
+        if k == "embeddings":
+            depths[k] = 0
+        elif k.startswith("layer_"):
+            depths[k] = int(k.split("_")[1]) + 1
+        else:
+            depths[k] = layers + 1
+    return depths
 
 
 def copy_tree(tree):
@@ -120,12 +135,12 @@ def copy_tree(tree):
     return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), tree)
 
 
-def steps_for(clf: FewShotTextClassifier, n_train: int, batch: int) -> int:
+def steps_for(clf: FewShotTextClassifier, n_train: int, batch: int, default_steps: int | None = None) -> int:
     """Optimisation steps: ``clf.steps``; else ``epochs`` (given or the method's default) passes over ``n_train``
-    texts in batches of ``batch``; else the method's default ``steps``."""
+    texts in batches of ``batch``; else ``default_steps`` or the method's default ``steps``."""
     if clf.steps is not None:
         return clf.steps
     epochs = clf._setting("epochs")
     if epochs is not None:
         return max(1, math.ceil(epochs * n_train / batch))
-    return int(clf._setting("steps"))
+    return int(default_steps if default_steps is not None else clf._setting("steps"))

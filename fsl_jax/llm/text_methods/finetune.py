@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 from fsl_jax._progress import progress
-from fsl_jax.llm.text_methods.common import adamw, copy_tree, features, steps_for, xent
+from fsl_jax.llm.text_methods.common import adamw, copy_tree, features, layer_depths, steps_for, xent
 from fsl_jax.llm.text_methods.head import linear_head
 from fsl_jax.llm.text_models import BertClassifier
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from fsl_jax.llm.finetune import FewShotTextClassifier
 
 # The classifier's arguments left at None that this method fills in.
-DEFAULTS: dict[str, Any] = {"learning_rate": 1e-4, "epochs": 20}
+DEFAULTS: dict[str, Any] = {"learning_rate": 1e-4, "epochs": 20, "layer_decay": 1.0, "warmup_fraction": 0.1}
 HEAD_LEARNING_RATE = 1e-3
 
 
@@ -51,15 +51,31 @@ def finetune_fns(
     weight_decay: float,
     steps: int,
     dropout: bool,
+    layer_decay: float = 1.0,
+    warmup_fraction: float = 0.1,
+    num_layers: int = 0,
 ):
     """``(optimizer, step, evaluate)`` for fine-tuning ``module`` (cached per configuration): AdamW on ``"bert"`` at
-    ``learning_rate`` and on ``"head"`` at ``head_learning_rate`` (both warm up and decay over ``steps``); the jitted
+    ``learning_rate`` and on ``"head"`` at ``head_learning_rate`` (both warm up over ``warmup_fraction`` of the
+    ``steps`` and decay linearly to 0); with ``layer_decay < 1`` (layer-wise learning-rate decay over ``num_layers``
+    layers) BERT's layer ``i`` (1 = the lowest) trains at ``learning_rate * layer_decay ** (num_layers - i)`` and the
+    embeddings at ``learning_rate * layer_decay ** num_layers``; the jitted
     ``step((params, opt_state), ids, y, idx, key) -> (state, loss)`` trains on the rows ``idx`` (state donated,
     dropout when ``dropout``); the jitted ``evaluate(params, ids, y) -> (loss, accuracy)`` runs without dropout."""
-    tx = optax.multi_transform(
-        {"bert": adamw(learning_rate, steps, weight_decay), "head": adamw(head_learning_rate, steps, weight_decay)},
-        lambda p: {k: jax.tree_util.tree_map(lambda _: k, v) for k, v in p.items()},
-    )
+    scales = {f"bert{d}": layer_decay ** max(num_layers - d, 0) for d in range(num_layers + 2)}
+    transforms = {k: adamw(learning_rate * v, steps, weight_decay, warmup_fraction) for k, v in scales.items()}
+    transforms["head"] = adamw(head_learning_rate, steps, weight_decay, warmup_fraction)
+
+    def labels(p):
+        out = {k: jax.tree_util.tree_map(lambda _: k, v) for k, v in p.items() if k != "bert"}
+        depths = layer_depths(p["bert"])
+        out["bert"] = {
+            k: jax.tree_util.tree_map(lambda _, d=depths[k]: f"bert{min(d, num_layers + 1)}", v)
+            for k, v in p["bert"].items()
+        }
+        return out
+
+    tx = optax.multi_transform(transforms, labels)
 
     def loss_fn(params, ids, y, key):
         logits = module.apply({"params": params}, ids, deterministic=not dropout, rngs={"dropout": key})
@@ -110,7 +126,17 @@ def fit_finetune(clf: FewShotTextClassifier, texts: list[str], y: np.ndarray) ->
     module, variables, _ = bb.classifier(
         len(clf.classes_), jax.random.key(clf.seed), normalize=probe, head_init="normal"
     )
-    tx, step_fn, eval_fn = finetune_fns(module, lr, float(head_lr), clf.weight_decay, steps, clf.dropout)
+    tx, step_fn, eval_fn = finetune_fns(
+        module,
+        lr,
+        float(head_lr),
+        clf.weight_decay,
+        steps,
+        clf.dropout,
+        float(clf._setting("layer_decay")),
+        float(clf._setting("warmup_fraction")),
+        bb.config.num_hidden_layers,
+    )
     params = dict(copy_tree(variables["params"]))
     if probe:  # LP-FT: start from the logistic-regression head on the frozen embeddings of the training part
         feats = features(clf, None, [texts[i] for i in train_idx], desc="embed support")
@@ -163,3 +189,33 @@ def fit_finetune(clf: FewShotTextClassifier, texts: list[str], y: np.ndarray) ->
         "kernel": params["head"]["kernel"],
         "bias": params["head"]["bias"],
     }
+
+
+def train_end_to_end(
+    clf: FewShotTextClassifier,
+    ids: np.ndarray,
+    y: np.ndarray,
+    bert: Any,
+    head: dict,
+    learning_rate: float,
+    epochs: float,
+) -> tuple[Any, dict]:
+    """Trains BERT (from ``bert``) and a linear head on normalised features (from ``head``'s ``kernel`` / ``bias``)
+    together on the cross-entropy of all ``ids`` / ``y`` for ``epochs`` epochs, BERT at ``learning_rate`` and the
+    head at ``clf.head_learning_rate`` (default 1e-3), no validation split; returns ``(bert, {"kernel", "bias"})``."""
+    bb = clf._backbone()
+    rng = np.random.default_rng([clf.seed, 3])
+    batch = min(clf.batch_size, len(y))
+    steps = max(1, math.ceil(epochs * len(y) / batch))
+    head_lr = clf.head_learning_rate if clf.head_learning_rate is not None else HEAD_LEARNING_RATE
+    module, _, _ = bb.classifier(len(clf.classes_), jax.random.key(clf.seed), normalize=True, head_init="normal")
+    tx, step_fn, _ = finetune_fns(module, learning_rate, float(head_lr), clf.weight_decay, steps, clf.dropout)
+    params = {"bert": copy_tree(bert), "head": {"kernel": jnp.array(head["kernel"]), "bias": jnp.array(head["bias"])}}
+    state = (params, tx.init(params))
+    ids_dev, y_dev = jnp.asarray(ids), jnp.asarray(y)
+    stream = np.concatenate([rng.permutation(len(y)) for _ in range(-(-steps * batch // len(y)) + 1)])
+    key = jax.random.fold_in(jax.random.key(clf.seed), 7)
+    for i in progress(range(steps), desc="end-to-end", disable=not clf.progress, leave=False):
+        idx = jnp.asarray(stream[i * batch : (i + 1) * batch])
+        state, _ = step_fn(state, ids_dev, y_dev, idx, jax.random.fold_in(key, i))
+    return state[0]["bert"], dict(state[0]["head"])

@@ -1,22 +1,37 @@
-"""``method="setfit"``: SetFit, contrastive fine-tuning of the encoder on text pairs, then a logistic regression.
+"""``method="setfit"``: SetFit, contrastive fine-tuning of the encoder on text pairs, then a classification head.
 
 SetFit (Tunstall et al., 2022, "Efficient Few-Shot Learning Without Prompts") first tunes the sentence encoder so that
-texts of one class embed close together and texts of different classes apart, then fits the ``"head"`` method's
-logistic regression on the tuned embeddings. Each step draws ``batch_size`` (anchor, partner) pairs *on the device*
-with ``jax.random`` (:func:`sample_pairs`; half same-class, half different-class) from class-sorted index arrays, in
-O(n + pairs) memory: the O(n^2) list of pairs is never built. The loss on the cosine similarity of the normalised
-mean-pooled embeddings is sentence-transformers' CosineSimilarityLoss (``setfit_loss="cosine"``: the squared error
-between the cosine and 1 / 0) or a margin ContrastiveLoss (``"contrastive"``, on the cosine distance). Every step is
-one jitted AdamW step with the state donated, dropout on, linear warm-up / decay.
+texts of one class embed close together and texts of different classes apart, then fits a head on the tuned
+embeddings. Two ways of making the pairs (``setfit_sampling``):
 
-Hyperparameters (arguments of :class:`~fsl_jax.llm.finetune.FewShotTextClassifier`): ``steps`` (default 40) or
-``epochs``, ``learning_rate`` (peak, default 2e-5), ``batch_size`` (pairs per step), ``setfit_loss``, ``margin``,
-``weight_decay``, ``dropout``; the head: ``head_steps``, ``head_learning_rate``, ``head_l2``.
+* ``"paper"`` (the default; SetFit's ``num_iterations`` pair generation): :func:`setfit_pairs` makes, in each of
+  ``num_iterations`` rounds, one positive pair (a partner of the same class, never the example itself) and one
+  negative pair (a partner of another class) for *every* support example: ``2 * num_iterations * n`` pairs, shuffled,
+  then passed over once (``epochs``, default 1) in batches of ``batch_size`` pairs; ``steps``, when given, caps the
+  number of steps (SetFit's ``max_steps``).
+* ``"random"``: each step draws ``batch_size`` pairs *on the device* with :func:`sample_pairs` (half same-class, half
+  different-class), for ``steps`` steps (default 40), in O(n + pairs) memory.
+
+The loss on the cosine similarity of the normalised mean-pooled embeddings is sentence-transformers'
+CosineSimilarityLoss (``setfit_loss="cosine"``: the squared error between the cosine and 1 / 0) or a margin
+ContrastiveLoss (``"contrastive"``, on the cosine distance). Every step is one jitted AdamW step with the state donated,
+dropout on, linear warm-up (10 %) / decay.
+
+The head (``setfit_head``): ``"logistic"`` (the default, as SetFit's default head: the ``"head"`` method's logistic
+regression on the tuned, frozen embeddings) or ``"end_to_end"`` (SetFit's differentiable head trained end to end: the
+logistic head is then trained together with the encoder on the cross-entropy for ``setfit_head_epochs`` epochs, the
+encoder at ``learning_rate`` and the head at 1e-3).
+
+Hyperparameters (arguments of :class:`~fsl_jax.llm.finetune.FewShotTextClassifier`): ``num_iterations`` (default
+20, SetFit's), ``setfit_sampling``, ``steps`` or ``epochs``, ``learning_rate`` (peak, default 2e-5), ``batch_size``
+(pairs per step, default 16), ``setfit_loss``, ``margin``, ``weight_decay``, ``dropout``, ``setfit_head``; the
+logistic head: ``head_steps``, ``head_learning_rate``, ``head_l2``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -33,8 +48,70 @@ if TYPE_CHECKING:
     from fsl_jax.llm.finetune import FewShotTextClassifier
 
 # The classifier's arguments left at None that this method fills in.
-DEFAULTS: dict[str, Any] = {"learning_rate": 2e-5, "steps": 40}
+DEFAULTS: dict[str, Any] = {"learning_rate": 2e-5}
 LOSSES = ("cosine", "contrastive")
+SAMPLINGS = ("paper", "random")
+HEADS = ("logistic", "end_to_end")
+RANDOM_STEPS = 40  # steps of setfit_sampling="random" when neither steps nor epochs is given
+NUM_ITERATIONS = 20  # SetFit's default
+
+
+def setfit_pairs(
+    y: np.ndarray, num_iterations: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SetFit's pair generation: in each of ``num_iterations`` rounds, every example is the anchor of one positive
+    pair (its partner drawn uniformly from the *other* examples of its class) and one negative pair (its partner drawn
+    uniformly from the examples of the other classes); the pairs are then shuffled.
+
+    An example whose class has no other example gets no positive pair (it is never paired with itself); with at least
+    two examples per class there are exactly ``2 * num_iterations * n`` pairs, half of them positive, and each example
+    anchors ``2 * num_iterations`` of them.
+
+    Args:
+      y: ``[n]`` int class of each example (at least two classes).
+      num_iterations: rounds (>= 1).
+      rng: the generator of every draw.
+
+    Returns:
+      ``(anchor, partner, target)``: ``[pairs]`` int32, int32 and float32 (1 = same class, 0 = different).
+
+    Raises:
+      ValueError: ``num_iterations`` < 1 or a single class in ``y``.
+
+    Example:
+        >>> a, b, t = setfit_pairs(np.array([0, 0, 1, 1, 1]), 2, np.random.default_rng(0))
+        >>> len(a), int(t.sum()), bool(np.all(a != b))
+        (20, 10, True)
+    """
+    y = np.asarray(y)
+    if int(num_iterations) < 1:
+        raise ValueError(f"num_iterations must be >= 1, got {num_iterations!r}")
+    num_classes = int(y.max()) + 1 if len(y) else 0
+    order, rank, starts, counts = class_index(y, num_classes)
+    n = len(y)
+    if np.count_nonzero(counts) < 2:
+        raise ValueError(f"setfit_pairs needs at least two classes, got classes {sorted(set(y.tolist()))}")
+    anchors, partners, targets = [], [], []
+    has_pos = counts[y] >= 2
+    pos_anchor = np.flatnonzero(has_pos)
+    every = np.arange(n)
+    for _ in range(int(num_iterations)):
+        # positive partner: uniform over the anchor's class block without the anchor's own slot
+        c = y[pos_anchor]
+        r = rng.integers(0, counts[c] - 1)
+        r = r + (r >= rank[pos_anchor])
+        anchors.append(pos_anchor)
+        partners.append(order[starts[c] + r])
+        targets.append(np.ones(len(pos_anchor), np.float32))
+        # negative partner: uniform over the n - count examples outside the anchor's class block
+        c = y
+        j = rng.integers(0, n - counts[c])
+        anchors.append(every)
+        partners.append(order[np.where(j < starts[c], j, j + counts[c])])
+        targets.append(np.zeros(n, np.float32))
+    anchor, partner, target = (np.concatenate(v) for v in (anchors, partners, targets))
+    perm = rng.permutation(len(anchor))
+    return anchor[perm].astype(np.int32), partner[perm].astype(np.int32), target[perm]
 
 
 def sample_pairs(
@@ -100,6 +177,24 @@ def class_index(codes: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.nda
     return order, rank, starts, counts
 
 
+def pair_loss_fn(encoder: BertEncoder, loss: str, margin: float, dropout: bool) -> Any:
+    """``(params, ids_all, a, b, target, key) -> loss`` of the pairs ``(ids_all[a], ids_all[b])``: the cosine
+    similarity of their normalised embeddings against ``target`` (``"cosine"``) or the margin contrastive loss on the
+    cosine distance (``"contrastive"``)."""
+
+    def pair_loss(params, ids_all, a, b, target, key):
+        num_pairs = a.shape[0]
+        ids = jnp.concatenate([ids_all[a], ids_all[b]])
+        z = encoder.apply(encoder_variables(params), ids, deterministic=not dropout, rngs={"dropout": key})
+        cos = jnp.sum(z[:num_pairs] * z[num_pairs:], axis=-1)
+        if loss == "cosine":
+            return jnp.mean((cos - target) ** 2)
+        distance = 1.0 - cos
+        return jnp.mean(0.5 * (target * distance**2 + (1 - target) * jax.nn.relu(margin - distance) ** 2))
+
+    return pair_loss
+
+
 @functools.lru_cache(maxsize=8)
 def setfit_fns(
     encoder: BertEncoder,
@@ -111,19 +206,12 @@ def setfit_fns(
     margin: float,
     dropout: bool,
 ):
-    """``(optimizer, step)``: the jitted SetFit step ``step((params, opt_state), ids, codes, order, rank, starts,
-    counts, key) -> (state, loss)`` (state donated) that draws ``num_pairs`` pairs and takes one AdamW step on the
-    pair ``loss`` (``"cosine"`` or ``"contrastive"`` with ``margin``); cached per configuration."""
+    """``(optimizer, step)``: the jitted SetFit step of ``setfit_sampling="random"``, ``step((params, opt_state), ids,
+    codes, order, rank, starts, counts, key) -> (state, loss)`` (state donated), that draws ``num_pairs`` pairs and
+    takes one AdamW step on the pair ``loss`` (``"cosine"`` or ``"contrastive"`` with ``margin``); cached per
+    configuration."""
     tx = adamw(learning_rate, steps, weight_decay)
-
-    def pair_loss(params, ids_all, a, b, target, key):
-        ids = jnp.concatenate([ids_all[a], ids_all[b]])
-        z = encoder.apply(encoder_variables(params), ids, deterministic=not dropout, rngs={"dropout": key})
-        cos = jnp.sum(z[:num_pairs] * z[num_pairs:], axis=-1)
-        if loss == "cosine":
-            return jnp.mean((cos - target) ** 2)
-        distance = 1.0 - cos
-        return jnp.mean(0.5 * (target * distance**2 + (1 - target) * jax.nn.relu(margin - distance) ** 2))
+    pair_loss = pair_loss_fn(encoder, loss, margin, dropout)
 
     def step(state, ids_all, codes, order, rank, starts, counts, key):
         params, opt_state = state
@@ -136,28 +224,75 @@ def setfit_fns(
     return tx, jax.jit(step, donate_argnums=(0,))
 
 
+@functools.lru_cache(maxsize=8)
+def setfit_pair_fns(
+    encoder: BertEncoder,
+    learning_rate: float,
+    weight_decay: float,
+    steps: int,
+    loss: str,
+    margin: float,
+    dropout: bool,
+):
+    """``(optimizer, step)``: the jitted SetFit step of ``setfit_sampling="paper"``, ``step((params, opt_state), ids,
+    anchor, partner, target, key) -> (state, loss)`` (state donated) on one batch of given pairs; cached per
+    configuration."""
+    tx = adamw(learning_rate, steps, weight_decay)
+    pair_loss = pair_loss_fn(encoder, loss, margin, dropout)
+
+    def step(state, ids_all, a, b, target, key):
+        params, opt_state = state
+        value, grads = jax.value_and_grad(pair_loss)(params, ids_all, a, b, target, key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), value
+
+    return tx, jax.jit(step, donate_argnums=(0,))
+
+
 def fit_setfit(clf: FewShotTextClassifier, texts: list[str], y: np.ndarray) -> None:
-    """Fits ``"setfit"``: contrastive tuning of the encoder on pairs of ``texts``, then a linear head on the tuned
-    embeddings."""
+    """Fits ``"setfit"``: contrastive tuning of the encoder on pairs of ``texts``, then a head on the tuned
+    embeddings (``setfit_head``)."""
     bb = clf._backbone()
-    steps = steps_for(clf, len(texts), clf.batch_size)
     lr = float(clf._setting("learning_rate"))
     encoder, variables, _ = bb.encoder(normalize=True)
-    tx, step_fn = setfit_fns(
-        encoder, lr, clf.weight_decay, steps, clf.batch_size, clf.setfit_loss, clf.margin, clf.dropout
-    )
     params = copy_tree(variables["params"]["bert"])
-    state = (params, tx.init(params))
     ids = jnp.asarray(clf._ids(texts))
-    index = [jnp.asarray(a) for a in class_index(y, len(clf.classes_))]
-    codes = jnp.asarray(y)
     key = jax.random.key(clf.seed)
     losses = []
-    bar = progress(range(steps), desc="setfit", disable=not clf.progress, leave=False)
-    for i in bar:
-        state, loss = step_fn(state, ids, codes, *index, jax.random.fold_in(key, i))
-        losses.append(loss)
-    bar.close()
+    if clf.setfit_sampling == "paper":
+        rng = np.random.default_rng([clf.seed, 2])
+        pairs = setfit_pairs(y, clf.num_iterations, rng)
+        batch = clf.batch_size
+        epochs = clf.epochs if clf.epochs is not None else 1.0
+        steps = max(1, math.ceil(epochs * len(pairs[0]) / batch))
+        if clf.steps is not None:
+            steps = min(steps, clf.steps)
+        # passes over the shuffled pair list; the last batch is completed with the first pairs of the next pass
+        reps = -(-steps * batch // len(pairs[0]))
+        a_all, b_all, t_all = (np.concatenate([v] * reps) for v in pairs)
+        tx, step_fn = setfit_pair_fns(encoder, lr, clf.weight_decay, steps, clf.setfit_loss, clf.margin, clf.dropout)
+        state = (params, tx.init(params))
+        bar = progress(range(steps), desc="setfit", disable=not clf.progress, leave=False)
+        for i in bar:
+            sl = slice(i * batch, (i + 1) * batch)
+            batch_pairs = (jnp.asarray(a_all[sl]), jnp.asarray(b_all[sl]), jnp.asarray(t_all[sl]))
+            state, loss = step_fn(state, ids, *batch_pairs, jax.random.fold_in(key, i))
+            losses.append(loss)
+        bar.close()
+        clf.fit_info_.update(pairs=len(pairs[0]), positive_pairs=int(pairs[2].sum()))
+    else:
+        steps = steps_for(clf, len(texts), clf.batch_size, default_steps=RANDOM_STEPS)
+        tx, step_fn = setfit_fns(
+            encoder, lr, clf.weight_decay, steps, clf.batch_size, clf.setfit_loss, clf.margin, clf.dropout
+        )
+        state = (params, tx.init(params))
+        index = [jnp.asarray(a) for a in class_index(y, len(clf.classes_))]
+        codes = jnp.asarray(y)
+        bar = progress(range(steps), desc="setfit", disable=not clf.progress, leave=False)
+        for i in bar:
+            state, loss = step_fn(state, ids, codes, *index, jax.random.fold_in(key, i))
+            losses.append(loss)
+        bar.close()
     clf._bert = state[0]
     clf.fit_info_.update(
         steps=steps,
@@ -167,3 +302,10 @@ def fit_setfit(clf: FewShotTextClassifier, texts: list[str], y: np.ndarray) -> N
     )
     feats = features(clf, clf._bert, texts, np.asarray(ids), desc="embed support")
     clf._head = linear_head(clf, feats, y)
+    if clf.setfit_head == "end_to_end":
+        from fsl_jax.llm.text_methods.finetune import train_end_to_end
+
+        epochs = clf.setfit_head_epochs
+        bert, head = train_end_to_end(clf, np.asarray(ids), y, clf._bert, clf._head, lr, epochs)
+        clf._bert, clf._head = bert, {"kind": "linear", **head}
+        clf.fit_info_["end_to_end_epochs"] = epochs
