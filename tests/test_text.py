@@ -330,9 +330,10 @@ def test_auto_selects_by_cross_validation_on_the_support_set_only(tiny_bert):
     y = np.repeat(np.arange(3), [5, 4, 7])
     parts = stratified_folds(y, 4, np.random.default_rng(0))
     np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(len(y)))  # a partition
-    for part in parts:  # each class spread evenly over the folds
+    for part in parts:  # each class spread evenly over the folds, and the folds of (nearly) equal size
         counts = np.bincount(y[part], minlength=3)
         assert np.all(np.abs(counts - np.bincount(y) / 4) < 1)
+        assert len(part) == 4  # 16 texts in 4 folds
 
     support, support_labels = easy_texts(4, seed=14)
     settings = dict(max_length=MAX_LEN, auto_methods=("head", "setfit"), auto_folds=2, num_iterations=2)
@@ -544,3 +545,36 @@ def test_second_order_maml_over_bert_matches_a_hand_written_meta_gradient(tiny_b
     first = fj.maml(module, "xent", inner_lr=lr, inner_steps=1, first_order=True)
     _, got_fo = run_once(jax.grad(lambda v: fj.meta_loss(first, v, task, jax.random.key(0))[0]))
     assert np.max(np.abs(flat(got_fo) - flat(expected))) > 1e-4 * np.max(np.abs(flat(expected)))
+
+
+def test_setfit_top_layers_train_only_those_layers_and_match_the_full_model_there(tiny_bert):
+    from fsl_jax.llm.text_models import BertTop, bottom_hidden
+
+    bb = load_backbone(tiny_bert)
+    texts, labels = easy_texts(4, seed=18)
+    ids = tokenize(texts, bb.tokenizer, MAX_LEN)[0]
+    # the split forward (bottom once, then the top) is the whole encoder's forward
+    hidden, mask = bottom_hidden(bb.config, bb.pad_token_id, bb.params, ids, 1, batch_size=5)
+    z = BertTop(bb.config, 1).apply({"params": {"layer_1": bb.params["layer_1"]}}, hidden, mask)
+    enc, variables, _ = bb.encoder()
+    np.testing.assert_allclose(np.asarray(z), np.asarray(enc.apply(variables, jnp.asarray(ids))), atol=1e-5)
+    settings = dict(max_length=MAX_LEN, num_iterations=2, learning_rate=1e-3, seed=0)
+    top = FewShotTextClassifier(tiny_bert, "setfit", train_layers=1, **settings).fit(texts, labels)
+    assert top.fit_info_["trained_layers"] == 1
+    for name in ("embeddings", "layer_0"):  # the frozen bottom is untouched
+        jax.tree_util.tree_map(np.testing.assert_array_equal, top._bert[name], bb.params[name])
+    moved = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), top._bert["layer_1"], bb.params["layer_1"])
+    assert max(jax.tree_util.tree_leaves(moved)) > 1e-4
+    # training every layer moves the bottom too
+    full = FewShotTextClassifier(tiny_bert, "setfit", **settings).fit(texts, labels)
+    assert full.fit_info_["trained_layers"] == 2
+    assert (
+        float(
+            jnp.abs(
+                full._bert["layer_0"]["intermediate"]["kernel"] - bb.params["layer_0"]["intermediate"]["kernel"]
+            ).max()
+        )
+        > 1e-4
+    )
+    with pytest.raises(ValueError, match="train_layers must be at most the backbone's 2 layers, got 3"):
+        FewShotTextClassifier(tiny_bert, "setfit", train_layers=3, **settings).fit(texts, labels)

@@ -1,7 +1,7 @@
 """Few-shot text classification with a BERT backbone, scikit-learn style.
 
 :class:`FewShotTextClassifier` fits on a handful of labelled texts (``fit(texts, labels)``, labels of any hashable
-type) and offers ``predict``, ``predict_proba``, ``score``, ``save`` and ``load``. Five methods share one prediction
+type) and offers ``predict``, ``predict_proba``, ``score``, ``save`` and ``load``. Six methods share one prediction
 path (BERT -> mean pooling over non-padding tokens -> a linear or cosine head):
 
 ========== ==================================================================================================
@@ -17,10 +17,12 @@ finetune   full fine-tuning of BERT + a linear head on the mean-pooled output, t
            training): the lowest-validation-loss checkpoint is kept, and training stops after ``patience``
            evaluations without improvement, never before half of the steps. Otherwise a fixed number of steps.
 setfit     SetFit (Tunstall et al., 2022): contrastive fine-tuning of the encoder on (same class / different
-           class) pairs drawn *on the device* every step from index arrays with ``jax.random`` (O(n + batch)
-           memory, never the O(n^2) pair list), with sentence-transformers' CosineSimilarityLoss
-           (``setfit_loss="cosine"``) or a margin ContrastiveLoss (``"contrastive"``); then the ``head`` method on
-           the tuned embeddings.
+           class) pairs with sentence-transformers' CosineSimilarityLoss (``setfit_loss="cosine"``) or a margin
+           ContrastiveLoss (``"contrastive"``), then the ``head`` method on the tuned embeddings
+           (``setfit_head="logistic"``) or that head trained end to end with the encoder (``"end_to_end"``).
+           Pairs: SetFit's generation (``setfit_sampling="paper"``: ``num_iterations`` rounds of one positive and
+           one negative pair per support text, one epoch) or pairs drawn *on the device* every step
+           (``"random"``, O(n + batch) memory, ``steps`` steps).
 protonet   class prototypes (mean normalised embedding per class) and cosine logits / ``temperature``;
            optionally the encoder is first meta-trained episodically with :func:`fsl_jax.protonet`
            (``meta_train_steps``, default 0).
@@ -29,6 +31,9 @@ anil       ANIL (:func:`fsl_jax.anil`, ``remat=True``) over :class:`~fsl_jax.llm
            text episodes drawn from the support set (or from ``fit(..., meta_texts=, meta_labels=)``, texts of
            other classes), then the head is adapted on the whole support set with the same inner loop
            (``inner_steps`` SGD steps at ``inner_lr``). Kept cheap: few meta-steps, ``meta_batch=2``.
+auto       picks one of ``auto_methods`` (default head, setfit, finetune) by stratified ``auto_folds``-fold
+           cross-validation on the support set alone, keeping the whole fit within ``time_budget`` seconds by
+           projection, and refits the winner on the whole support set (``fit_info_["auto"]`` holds the scores).
 ========== ==================================================================================================
 
 Compiled functions are cached per configuration, so repeated fits (several random draws) compile once. Embeddings
@@ -36,7 +41,7 @@ of the *pretrained* encoder are cached per text in memory (``cache_embeddings``)
 ``protonet`` cheap to refit on new draws.
 
 Each method lives in its own module of :mod:`fsl_jax.llm.text_methods` (``head``, ``finetune``, ``setfit``,
-``episodic`` for ``protonet`` and ``anil``; the shared prediction path in ``common``), which documents it in full;
+``episodic`` for ``protonet`` and ``anil``, ``auto``; the shared prediction path in ``common``), which documents it in full;
 this module holds the classifier: argument checks, ``fit`` (input checks, augmentation, dispatch), prediction and
 persistence.
 
@@ -116,15 +121,15 @@ def _jsonable(value: Any) -> bool:
 
 
 class FewShotTextClassifier:
-    """A few-shot text classifier over a BERT backbone (see the module docstring for the five methods).
+    """A few-shot text classifier over a BERT backbone (see the module docstring for the six methods).
 
     Args:
       backbone: a local Hugging Face BERT folder or ``"all-MiniLM-L6-v2"`` (bundled).
-      method: ``"head"``, ``"finetune"``, ``"setfit"``, ``"protonet"`` or ``"anil"``.
+      method: ``"head"``, ``"finetune"``, ``"setfit"``, ``"protonet"``, ``"anil"`` or ``"auto"``.
       seed: seed of every random choice (splits, batches, pairs, dropout, augmentation).
       max_length: tokens per text (truncation / padding); fixed so that nothing recompiles.
       steps: optimisation steps of ``finetune`` / ``setfit`` (default: ``finetune`` from ``epochs``; ``setfit``
-        40).
+        one pass over its pairs, ``steps`` then caps it; ``setfit_sampling="random"`` 40).
       epochs: passes over the support set, an alternative to ``steps`` (``finetune`` default 20).
       learning_rate: peak learning rate of the encoder (``finetune`` 1e-4, ``setfit`` 2e-5; meta-training of
         ``protonet`` / ``anil`` 2e-5).
@@ -153,6 +158,8 @@ class FewShotTextClassifier:
       setfit_head: ``"logistic"`` (logistic regression on the tuned embeddings) or ``"end_to_end"`` (that head and
         the encoder then trained together on the cross-entropy for ``setfit_head_epochs`` epochs).
       setfit_head_epochs: epochs of the ``"end_to_end"`` head training.
+      train_layers: ``setfit``'s contrastive stage trains only the top ``train_layers`` layers of the encoder (the
+        frozen bottom runs once on the support set; ``None``: every layer, as in SetFit).
       layer_decay: ``finetune``'s layer-wise learning-rate decay (1 = none; layer ``i`` of ``L`` trains at
         ``learning_rate * layer_decay ** (L - i)``).
       warmup_fraction: ``finetune``'s share of the steps spent warming the learning rates up from 0.
@@ -223,6 +230,7 @@ class FewShotTextClassifier:
         num_iterations: int = setfit.NUM_ITERATIONS,
         setfit_head: str = "logistic",
         setfit_head_epochs: float = 2.0,
+        train_layers: int | None = None,
         layer_decay: float | None = None,
         warmup_fraction: float | None = None,
         auto_methods: Sequence[str] = auto.DEFAULT_METHODS,
@@ -280,6 +288,7 @@ class FewShotTextClassifier:
         self.num_iterations = _validate.integer("num_iterations", num_iterations)
         self.setfit_head = _validate.choice("setfit_head", setfit_head, setfit.HEADS)
         self.setfit_head_epochs = _validate.number("setfit_head_epochs", setfit_head_epochs)
+        self.train_layers = _validate.integer("train_layers", train_layers, allow_none=True)
         self.layer_decay = _validate.number("layer_decay", layer_decay, allow_none=True)
         if self.layer_decay is not None and self.layer_decay > 1:
             raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay!r}")
@@ -304,7 +313,7 @@ class FewShotTextClassifier:
         self.cache_embeddings = bool(cache_embeddings)
         self.progress = bool(progress)
         self._bb: Backbone | None = None
-        self._bert = None  # tuned BERT parameters; None = the pretrained ones
+        self._bert: Any = None  # tuned BERT parameters; None = the pretrained ones
         self._head: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ sklearn-style plumbing

@@ -40,7 +40,7 @@ def add_text_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "text",
-        help="few-shot text classification with BERT (head / finetune / setfit / protonet / anil)",
+        help="few-shot text classification with BERT (head / finetune / setfit / protonet / anil / auto)",
         description="Fits a few-shot text classifier on --draws random support sets of --shots texts per class and "
         "reports test accuracy (mean +- 95 % CI over draws) and per-class precision / recall / F1.",
     )
@@ -76,6 +76,15 @@ def add_text_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, default=None, help="encoder learning rate (default: per method)")
     p.add_argument("--batch-size", type=int, default=16, help="texts (finetune) or pairs (setfit) per step")
     p.add_argument(
+        "--num-iterations", type=int, default=None, help="setfit: rounds of pair generation (default 20, SetFit's)"
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="auto: seconds per fit, cross-validation included (default: no limit)",
+    )
+    p.add_argument(
         "--meta-train-steps",
         type=int,
         default=None,
@@ -106,7 +115,9 @@ def run_text(args: argparse.Namespace) -> int:
     from fsl_jax.llm.finetune import FewShotTextClassifier
     from fsl_jax.report import classification_report, mean_ci
 
-    _positive(args, "shots", "draws", "test_per_class", "max_length", "steps", "batch_size")
+    _positive(args, "shots", "draws", "test_per_class", "max_length", "steps", "batch_size", "num_iterations")
+    if args.time_budget is not None and not args.time_budget > 0:
+        raise ValueError(f"--time-budget must be > 0, got {args.time_budget}")
     if args.meta_train_steps is not None and args.meta_train_steps < 0:
         raise ValueError(f"--meta-train-steps must be >= 0, got {args.meta_train_steps}")
     if args.learning_rate is not None and not args.learning_rate > 0:
@@ -124,7 +135,10 @@ def run_text(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
         meta_train_steps=args.meta_train_steps,
+        time_budget=args.time_budget,
     )
+    if args.num_iterations is not None:
+        settings["num_iterations"] = args.num_iterations
     print(
         f"{data_name}: {len(dataset)} texts, {len(dataset.label_names)} classes; method {args.method}, "
         f"{args.shots} shots per class, {args.draws} draws"

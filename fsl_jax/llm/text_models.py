@@ -39,12 +39,13 @@ import jax
 import jax.numpy as jnp
 
 from fsl_jax import _validate
-from fsl_jax.models.bert import Bert, BertConfig, l2_normalize, mean_pool
+from fsl_jax.models.bert import Bert, BertConfig, BertLayer, attention_bias, l2_normalize, mean_pool
 
 __all__ = [
     "Backbone",
     "BertClassifier",
     "BertEncoder",
+    "BertTop",
     "classifier_variables",
     "encoder_variables",
     "load_backbone",
@@ -109,6 +110,71 @@ class BertEncoder(nn.Module):
     def __call__(self, input_ids: Array, deterministic: bool = True) -> Array:
         bert = Bert(self.config, self.dtype, self.param_dtype, add_pooling_layer=False, name="bert")
         return pooled_features(bert, input_ids, self.pad_token_id, self.normalize, deterministic)
+
+
+class BertTop(nn.Module):
+    """The top of a BERT encoder: layers ``first .. num_hidden_layers - 1`` on the hidden states that enter layer
+    ``first``, then mean pooling over ``mask`` and (optionally) L2 normalisation.
+
+    Its parameters are BERT's ``layer_{first}`` ... entries, so training only the top layers of a sentence encoder
+    runs the frozen bottom once (``Bert(...).apply(...).hidden_states[first]``, see :func:`bottom_hidden`) and then
+    only these layers at every step.
+
+    Example:
+        >>> import numpy as np
+        >>> bb = load_backbone("all-MiniLM-L6-v2")
+        >>> ids = bb.tokenizer(["a cat", "a kitten"], padding="max_length", max_length=8, return_tensors="np")[
+        ...     "input_ids"]
+        >>> hidden, mask = bottom_hidden(bb.config, bb.pad_token_id, bb.params, ids, 4)
+        >>> top = BertTop(bb.config, 4)
+        >>> z = top.apply({"params": {k: bb.params[k] for k in ("layer_4", "layer_5")}}, hidden, mask)
+        >>> enc, variables, _ = bb.encoder()
+        >>> bool(np.allclose(z, enc.apply(variables, ids), atol=1e-5))
+        True
+    """
+
+    config: BertConfig
+    first: int
+    normalize: bool = True
+
+    @nn.compact
+    def __call__(self, hidden: Array, mask: Array, deterministic: bool = True) -> Array:
+        cfg = self.config
+        bias = attention_bias(mask[:, None, None, :].astype(bool), hidden.dtype)
+        x = hidden
+        for i in range(self.first, cfg.num_hidden_layers):
+            x = BertLayer(cfg, name=f"layer_{i}")(x, bias, deterministic)
+        z = mean_pool(x, mask)
+        return l2_normalize(z) if self.normalize else z
+
+
+@functools.lru_cache(maxsize=8)
+def _bottom_fn(config: BertConfig, first: int) -> Any:
+    bert = Bert(config, add_pooling_layer=False)
+
+    def run(params, ids, mask):
+        out: Any = bert.apply({"params": params}, ids, mask)
+        return out.hidden_states[first]
+
+    return jax.jit(run)
+
+
+def bottom_hidden(
+    config: BertConfig, pad_token_id: int, bert_params: Any, ids: Any, first: int, batch_size: int = 32
+) -> tuple[Array, Array]:
+    """``(hidden [n, seq, dim], mask [n, seq])``: the hidden states of ``ids`` entering layer ``first`` of BERT (no
+    dropout), computed in batches of ``batch_size`` (the last one padded), and the non-padding mask."""
+    ids = jnp.asarray(ids).astype(jnp.int32)
+    mask = (ids != pad_token_id).astype(jnp.int32)
+    fn = _bottom_fn(config, first)
+    n = ids.shape[0]
+    padded = -(-n // batch_size) * batch_size
+    ids_p = jnp.concatenate([ids, jnp.full((padded - n, ids.shape[1]), pad_token_id, jnp.int32)])
+    mask_p = jnp.concatenate([mask, jnp.zeros((padded - n, ids.shape[1]), jnp.int32)])
+    chunks = [
+        fn(bert_params, ids_p[s : s + batch_size], mask_p[s : s + batch_size]) for s in range(0, padded, batch_size)
+    ]
+    return jnp.concatenate(chunks)[:n], mask
 
 
 class BertClassifier(nn.Module):

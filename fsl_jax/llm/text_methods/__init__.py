@@ -8,7 +8,8 @@ module                     what it holds
 :mod:`.head`               ``"head"``: logistic regression on frozen sentence embeddings (also the last step of
                            ``"setfit"`` and the probe that starts ``"finetune"``)
 :mod:`.finetune`           ``"finetune"``: full fine-tuning of BERT + a linear head (LP-FT), early stopping
-:mod:`.setfit`             ``"setfit"``: contrastive fine-tuning on sampled pairs, then a ``"head"`` fit
+:mod:`.setfit`             ``"setfit"``: contrastive fine-tuning on SetFit's pairs, then a ``"head"`` fit
+:mod:`.auto`               ``"auto"``: a method chosen by cross-validation on the support set, within a time budget
 :mod:`.episodic`           ``"protonet"`` and ``"anil"``: episodic meta-training of the encoder, then prototypes
                            or an adapted head
 ========================== ==========================================================================================

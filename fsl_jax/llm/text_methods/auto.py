@@ -19,7 +19,7 @@ candidate is fitted without cross-validation (recorded in ``fit_info_["auto"]``)
 Example:
     >>> from fsl_jax.llm.text_methods.auto import stratified_folds
     >>> [sorted(f.tolist()) for f in stratified_folds(np.array([0, 0, 1, 1, 0, 1]), 2, np.random.default_rng(0))]
-    [[0, 1, 5], [2, 3, 4]]
+    [[0, 2, 5], [1, 3, 4]]
 """
 
 from __future__ import annotations
@@ -36,14 +36,15 @@ DEFAULT_METHODS = ("head", "setfit", "finetune")
 
 
 def stratified_folds(y: np.ndarray, folds: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """``folds`` disjoint index arrays covering ``range(len(y))``, each class spread as evenly as possible (its texts
-    are shuffled and dealt out in turn, starting at a random fold per class)."""
+    """``folds`` disjoint index arrays covering ``range(len(y))``: each class's texts are shuffled and dealt out to
+    the folds in turn, the next class continuing where the last one stopped, so every class is spread as evenly as
+    possible and the fold sizes differ by at most one."""
     out: list[list[int]] = [[] for _ in range(folds)]
+    turn = int(rng.integers(folds))
     for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        start = int(rng.integers(folds))
-        for j, i in enumerate(idx):
-            out[(start + j) % folds].append(int(i))
+        for i in rng.permutation(np.flatnonzero(y == c)):
+            out[turn % folds].append(int(i))
+            turn += 1
     return [np.sort(np.asarray(f, np.int64)) for f in out]
 
 

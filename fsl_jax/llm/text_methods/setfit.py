@@ -22,8 +22,12 @@ regression on the tuned, frozen embeddings) or ``"end_to_end"`` (SetFit's differ
 logistic head is then trained together with the encoder on the cross-entropy for ``setfit_head_epochs`` epochs, the
 encoder at ``learning_rate`` and the head at 1e-3).
 
+``train_layers=k`` trains only the top ``k`` layers in the contrastive stage (:class:`~fsl_jax.llm.text_models.BertTop`):
+the frozen bottom runs once over the support set (:func:`~fsl_jax.llm.text_models.bottom_hidden`) and each step
+runs only the top layers, about ``k / num_layers`` of the cost.
+
 Hyperparameters (arguments of :class:`~fsl_jax.llm.finetune.FewShotTextClassifier`): ``num_iterations`` (default
-20, SetFit's), ``setfit_sampling``, ``steps`` or ``epochs``, ``learning_rate`` (peak, default 2e-5), ``batch_size``
+20, SetFit's), ``train_layers``, ``setfit_sampling``, ``steps`` or ``epochs``, ``learning_rate`` (peak, default 2e-5), ``batch_size``
 (pairs per step, default 16), ``setfit_loss``, ``margin``, ``weight_decay``, ``dropout``, ``setfit_head``; the
 logistic head: ``head_steps``, ``head_learning_rate``, ``head_l2``.
 """
@@ -42,7 +46,7 @@ import optax
 from fsl_jax._progress import progress
 from fsl_jax.llm.text_methods.common import adamw, copy_tree, features, steps_for
 from fsl_jax.llm.text_methods.head import linear_head
-from fsl_jax.llm.text_models import BertEncoder, encoder_variables
+from fsl_jax.llm.text_models import BertEncoder, BertTop, bottom_hidden, encoder_variables
 
 if TYPE_CHECKING:
     from fsl_jax.llm.finetune import FewShotTextClassifier
@@ -177,15 +181,23 @@ def class_index(codes: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.nda
     return order, rank, starts, counts
 
 
-def pair_loss_fn(encoder: BertEncoder, loss: str, margin: float, dropout: bool) -> Any:
-    """``(params, ids_all, a, b, target, key) -> loss`` of the pairs ``(ids_all[a], ids_all[b])``: the cosine
+def pair_loss_fn(encoder: BertEncoder | BertTop, loss: str, margin: float, dropout: bool) -> Any:
+    """``(params, data, a, b, target, key) -> loss`` of the pairs ``(a, b)`` of rows of ``data``: the cosine
     similarity of their normalised embeddings against ``target`` (``"cosine"``) or the margin contrastive loss on the
-    cosine distance (``"contrastive"``)."""
+    cosine distance (``"contrastive"``). ``data`` is ``[n, seq]`` token ids for a :class:`BertEncoder` (BERT's
+    parameters), or ``(hidden, mask)`` entering the first trained layer for a :class:`BertTop` (its layers'
+    parameters)."""
 
-    def pair_loss(params, ids_all, a, b, target, key):
+    def embed(params, data, rows, key):
+        rngs = {"dropout": key}
+        if isinstance(encoder, BertTop):
+            hidden, mask = data
+            return encoder.apply({"params": params}, hidden[rows], mask[rows], not dropout, rngs=rngs)
+        return encoder.apply(encoder_variables(params), data[rows], deterministic=not dropout, rngs=rngs)
+
+    def pair_loss(params, data, a, b, target, key):
         num_pairs = a.shape[0]
-        ids = jnp.concatenate([ids_all[a], ids_all[b]])
-        z = encoder.apply(encoder_variables(params), ids, deterministic=not dropout, rngs={"dropout": key})
+        z = embed(params, data, jnp.concatenate([a, b]), key)
         cos = jnp.sum(z[:num_pairs] * z[num_pairs:], axis=-1)
         if loss == "cosine":
             return jnp.mean((cos - target) ** 2)
@@ -197,7 +209,7 @@ def pair_loss_fn(encoder: BertEncoder, loss: str, margin: float, dropout: bool) 
 
 @functools.lru_cache(maxsize=8)
 def setfit_fns(
-    encoder: BertEncoder,
+    encoder: BertEncoder | BertTop,
     learning_rate: float,
     weight_decay: float,
     steps: int,
@@ -226,7 +238,7 @@ def setfit_fns(
 
 @functools.lru_cache(maxsize=8)
 def setfit_pair_fns(
-    encoder: BertEncoder,
+    encoder: BertEncoder | BertTop,
     learning_rate: float,
     weight_decay: float,
     steps: int,
@@ -254,9 +266,22 @@ def fit_setfit(clf: FewShotTextClassifier, texts: list[str], y: np.ndarray) -> N
     embeddings (``setfit_head``)."""
     bb = clf._backbone()
     lr = float(clf._setting("learning_rate"))
-    encoder, variables, _ = bb.encoder(normalize=True)
-    params = copy_tree(variables["params"]["bert"])
+    layers = bb.config.num_hidden_layers
+    trained = layers if clf.train_layers is None else clf.train_layers
+    if trained > layers:
+        raise ValueError(f"train_layers must be at most the backbone's {layers} layers, got {clf.train_layers}")
     ids = jnp.asarray(clf._ids(texts))
+    encoder: BertEncoder | BertTop
+    data: Any
+    if trained == layers:
+        encoder = bb.encoder(normalize=True)[0]
+        params = copy_tree(bb.params)
+        data = ids
+    else:  # the frozen bottom runs once; every step trains the top `trained` layers on its hidden states
+        first = layers - trained
+        encoder = BertTop(bb.config, first, True)
+        params = copy_tree({f"layer_{i}": bb.params[f"layer_{i}"] for i in range(first, layers)})
+        data = bottom_hidden(bb.config, bb.pad_token_id, bb.params, ids, first, clf.eval_batch_size)
     key = jax.random.key(clf.seed)
     losses = []
     if clf.setfit_sampling == "paper":
@@ -276,7 +301,7 @@ def fit_setfit(clf: FewShotTextClassifier, texts: list[str], y: np.ndarray) -> N
         for i in bar:
             sl = slice(i * batch, (i + 1) * batch)
             batch_pairs = (jnp.asarray(a_all[sl]), jnp.asarray(b_all[sl]), jnp.asarray(t_all[sl]))
-            state, loss = step_fn(state, ids, *batch_pairs, jax.random.fold_in(key, i))
+            state, loss = step_fn(state, data, *batch_pairs, jax.random.fold_in(key, i))
             losses.append(loss)
         bar.close()
         clf.fit_info_.update(pairs=len(pairs[0]), positive_pairs=int(pairs[2].sum()))
@@ -290,11 +315,12 @@ def fit_setfit(clf: FewShotTextClassifier, texts: list[str], y: np.ndarray) -> N
         codes = jnp.asarray(y)
         bar = progress(range(steps), desc="setfit", disable=not clf.progress, leave=False)
         for i in bar:
-            state, loss = step_fn(state, ids, codes, *index, jax.random.fold_in(key, i))
+            state, loss = step_fn(state, data, codes, *index, jax.random.fold_in(key, i))
             losses.append(loss)
         bar.close()
-    clf._bert = state[0]
+    clf._bert = {**bb.params, **state[0]}
     clf.fit_info_.update(
+        trained_layers=trained,
         steps=steps,
         pairs_per_step=clf.batch_size,
         first_loss=float(losses[0]),
