@@ -86,6 +86,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "setfit-r10": {"method": "setfit", "num_iterations": 10},
     "setfit-r20": {"method": "setfit", "num_iterations": 20},
     "setfit-r5-e2e": {"method": "setfit", "num_iterations": 5, "setfit_head": "end_to_end"},
+    "setfit-r20-top2": {"method": "setfit", "num_iterations": 20, "train_layers": 2},
+    "setfit-r20-top3": {"method": "setfit", "num_iterations": 20, "train_layers": 3},
+    "finetune-llrd-wise": {
+        "method": "finetune",
+        "learning_rate": 5e-5,
+        "layer_decay": 0.8,
+        "epochs": 15,
+        "early_stopping": False,
+        "wise": 0.5,
+    },
     "finetune-llrd": {
         "method": "finetune",
         "learning_rate": 5e-5,

@@ -578,3 +578,24 @@ def test_setfit_top_layers_train_only_those_layers_and_match_the_full_model_ther
     )
     with pytest.raises(ValueError, match="train_layers must be at most the backbone's 2 layers, got 3"):
         FewShotTextClassifier(tiny_bert, "setfit", train_layers=3, **settings).fit(texts, labels)
+
+
+def test_finetune_wise_averages_the_fine_tuned_and_starting_weights(tiny_bert):
+    texts, labels = easy_texts(4, seed=19)
+    probe, _ = easy_texts(3, seed=20)
+    settings = dict(max_length=MAX_LEN, steps=6, learning_rate=1e-3, early_stopping=False, seed=0)
+    tuned = FewShotTextClassifier(tiny_bert, "finetune", **settings).fit(texts, labels)
+    half = FewShotTextClassifier(tiny_bert, "finetune", wise=0.5, **settings).fit(texts, labels)
+    start = FewShotTextClassifier(tiny_bert, "finetune", wise=0.0, **settings).fit(texts, labels)
+    pretrained = load_backbone(tiny_bert).params
+    kernel = lambda clf: np.asarray(clf._bert["layer_1"]["intermediate"]["kernel"])  # noqa: E731
+    base = np.asarray(pretrained["layer_1"]["intermediate"]["kernel"])
+    assert np.abs(kernel(tuned) - base).max() > 1e-4
+    np.testing.assert_allclose(kernel(half), 0.5 * kernel(tuned) + 0.5 * base, atol=1e-6)
+    np.testing.assert_allclose(kernel(start), base, atol=1e-7)
+    # wise=0 is the starting point: the pretrained encoder and the probe, i.e. the "head" method's classifier
+    head = FewShotTextClassifier(tiny_bert, "head", max_length=MAX_LEN).fit(texts, labels)
+    np.testing.assert_allclose(start.predict_proba(probe), head.predict_proba(probe), atol=1e-5)
+    assert half.fit_info_["wise"] == 0.5 and "wise" not in tuned.fit_info_
+    with pytest.raises(ValueError, match="wise must be in \\[0, 1\\], got 1.5"):
+        FewShotTextClassifier(tiny_bert, "finetune", wise=1.5)

@@ -163,6 +163,9 @@ class FewShotTextClassifier:
       layer_decay: ``finetune``'s layer-wise learning-rate decay (1 = none; layer ``i`` of ``L`` trains at
         ``learning_rate * layer_decay ** (L - i)``).
       warmup_fraction: ``finetune``'s share of the steps spent warming the learning rates up from 0.
+      wise: ``finetune``'s weight-space average (WiSE-FT): the fitted weights are ``wise * fine-tuned + (1 - wise) *
+        start`` (1: the fine-tuned weights; with ``finetune_init="probe"`` the start is the pretrained encoder and
+        the probe's head).
       auto_methods: ``auto``'s candidate methods, tried in order (the first is always kept).
       auto_folds: ``auto``'s cross-validation folds on the support set.
       time_budget: seconds ``auto``'s whole ``fit`` should stay within (``None``: no limit).
@@ -233,6 +236,7 @@ class FewShotTextClassifier:
         train_layers: int | None = None,
         layer_decay: float | None = None,
         warmup_fraction: float | None = None,
+        wise: float = 1.0,
         auto_methods: Sequence[str] = auto.DEFAULT_METHODS,
         auto_folds: int = 4,
         time_budget: float | None = None,
@@ -289,6 +293,9 @@ class FewShotTextClassifier:
         self.setfit_head = _validate.choice("setfit_head", setfit_head, setfit.HEADS)
         self.setfit_head_epochs = _validate.number("setfit_head_epochs", setfit_head_epochs)
         self.train_layers = _validate.integer("train_layers", train_layers, allow_none=True)
+        self.wise = _validate.number("wise", wise, allow_zero=True)
+        if self.wise > 1:
+            raise ValueError(f"wise must be in [0, 1], got {wise!r}")
         self.layer_decay = _validate.number("layer_decay", layer_decay, allow_none=True)
         if self.layer_decay is not None and self.layer_decay > 1:
             raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay!r}")

@@ -7,6 +7,10 @@ from the ``"head"`` method's logistic regression on the frozen embeddings of the
 head is freshly initialised on unnormalised features. Every step is one jitted AdamW step on a batch of texts (the
 state donated, dropout on, linear warm-up / decay, separate peak rates for BERT and the head).
 
+Weight-space averaging (``wise < 1``; WiSE-FT, Wortsman et al., 2022, "Robust fine-tuning of zero-shot models"):
+the returned weights are ``wise * fine-tuned + (1 - wise) * start`` for BERT and the head alike (the start is the
+pretrained encoder with the probe's head), which keeps part of the pretrained features' robustness.
+
 Early stopping: when ``early_stopping`` and every class has enough texts, ``validation_fraction`` of each class (at
 least 2 texts, and only when at least 2 per class remain for training) is held out; every ``eval_every`` steps (default:
 one epoch) the validation loss is measured, the checkpoint with the lowest one is kept (the probe itself is the first
@@ -15,7 +19,7 @@ Otherwise a fixed number of steps runs.
 
 Hyperparameters (arguments of :class:`~fsl_jax.llm.finetune.FewShotTextClassifier`): ``learning_rate`` (BERT's peak,
 default 1e-4), ``head_learning_rate`` (the head's peak, default 1e-3), ``steps`` or ``epochs`` (default 20 epochs),
-``batch_size``, ``weight_decay``, ``dropout``, ``finetune_init``, ``early_stopping``, ``validation_fraction``,
+``batch_size``, ``weight_decay``, ``dropout``, ``finetune_init``, ``layer_decay``, ``warmup_fraction``, ``wise``, ``early_stopping``, ``validation_fraction``,
 ``patience``, ``eval_every``; the probe uses ``head_steps`` and ``head_l2``.
 """
 
@@ -142,6 +146,7 @@ def fit_finetune(clf: FewShotTextClassifier, texts: list[str], y: np.ndarray) ->
         feats = features(clf, None, [texts[i] for i in train_idx], desc="embed support")
         head = linear_head(clf, feats, y[train_idx])
         params["head"] = {"kernel": jnp.array(head["kernel"]), "bias": jnp.array(head["bias"])}
+    start = copy_tree(params) if clf.wise < 1 else None  # the starting point, for the weight-space average
     state = (params, tx.init(params))
     ids = clf._ids(texts)
     ids_dev, y_dev = jnp.asarray(ids), jnp.asarray(y)
@@ -174,6 +179,9 @@ def fit_finetune(clf: FewShotTextClassifier, texts: list[str], y: np.ndarray) ->
                     break
     bar.close()
     params = state[0] if best_params is None else best_params
+    if start is not None:  # WiSE-FT: the fine-tuned weights averaged with the starting point's
+        params = jax.tree_util.tree_map(lambda a, b: clf.wise * a + (1 - clf.wise) * b, params, start)
+        clf.fit_info_["wise"] = clf.wise
     clf.fit_info_.update(
         steps=done,
         max_steps=steps,
