@@ -73,7 +73,8 @@ CORPORA: dict[str, dict[str, Any]] = {
 TEST_PER_CLASS = 40
 DEV_PER_CLASS = 30
 
-# Named configurations: FewShotTextClassifier arguments. "setfit", "finetune", "auto" are the library defaults.
+# Named configurations: FewShotTextClassifier arguments. "setfit", "finetune", "auto" are the library defaults (the
+# protocol's choices: "setfit" is "setfit-old", "finetune" is "finetune-llrd").
 CONFIGS: dict[str, dict[str, Any]] = {
     "head": {"method": "head"},
     "setfit": {"method": "setfit"},
@@ -81,15 +82,21 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "auto": {"method": "auto"},
     # the versions before this benchmark existed
     "setfit-old": {"method": "setfit", "setfit_sampling": "random", "steps": 40},
-    "finetune-old": {"method": "finetune", "learning_rate": 1e-4, "epochs": 20, "early_stopping": True},
+    "finetune-old": {
+        "method": "finetune",
+        "learning_rate": 1e-4,
+        "epochs": 20,
+        "layer_decay": 1.0,
+        "early_stopping": True,
+    },
     # candidates of the protocol
-    "setfit-r5": {"method": "setfit", "num_iterations": 5},
-    "setfit-r10": {"method": "setfit", "num_iterations": 10},
-    "setfit-r20": {"method": "setfit", "num_iterations": 20},
-    "setfit-r5-e2e": {"method": "setfit", "num_iterations": 5, "setfit_head": "end_to_end"},
-    "setfit-r5-lr8e-5": {"method": "setfit", "num_iterations": 5, "learning_rate": 8e-5},
-    "setfit-r20-top2": {"method": "setfit", "num_iterations": 20, "train_layers": 2},
-    "setfit-r20-top3": {"method": "setfit", "num_iterations": 20, "train_layers": 3},
+    "setfit-r5": {"method": "setfit", "setfit_sampling": "paper", "num_iterations": 5},
+    "setfit-r10": {"method": "setfit", "setfit_sampling": "paper", "num_iterations": 10},
+    "setfit-r20": {"method": "setfit", "setfit_sampling": "paper", "num_iterations": 20},
+    "setfit-r5-e2e": {"method": "setfit", "setfit_sampling": "paper", "num_iterations": 5, "setfit_head": "end_to_end"},
+    "setfit-r5-lr8e-5": {"method": "setfit", "setfit_sampling": "paper", "num_iterations": 5, "learning_rate": 8e-5},
+    "setfit-r20-top2": {"method": "setfit", "setfit_sampling": "paper", "num_iterations": 20, "train_layers": 2},
+    "setfit-r20-top3": {"method": "setfit", "setfit_sampling": "paper", "num_iterations": 20, "train_layers": 3},
     "finetune-llrd-wise": {
         "method": "finetune",
         "learning_rate": 5e-5,

@@ -70,7 +70,7 @@ def tiny_bert(tmp_path_factory):
 # Settings that make every method learn the easy set quickly on the tiny model (and compile once per method).
 FAST = {
     "head": {},
-    "finetune": dict(steps=30, learning_rate=1e-3, head_learning_rate=1e-2),
+    "finetune": dict(steps=30, learning_rate=1e-3, head_learning_rate=1e-2, early_stopping=True),
     "setfit": dict(steps=30, learning_rate=1e-3),
     "protonet": dict(meta_train_steps=5, learning_rate=1e-3),
     # The tiny random BERT's normalised features are nearly collinear (mean cosine ~0.9), so the default 5 SGD steps
@@ -291,11 +291,12 @@ def test_setfit_paper_pairs_counts_balance_and_no_self_pairs():
 
 def test_setfit_paper_sampling_trains_one_epoch_over_the_pairs(tiny_bert):
     texts, labels = easy_texts(4, seed=13)  # 12 texts
-    clf = FewShotTextClassifier(tiny_bert, "setfit", max_length=MAX_LEN, num_iterations=3, batch_size=8)
+    paper = dict(setfit_sampling="paper", num_iterations=3, batch_size=8)
+    clf = FewShotTextClassifier(tiny_bert, "setfit", max_length=MAX_LEN, **paper)
     info = clf.fit(texts, labels).fit_info_
     assert info["pairs"] == 2 * 3 * 12 and info["positive_pairs"] == 36
     assert info["steps"] == 9  # ceil(72 / 8): one pass over the pairs
-    capped = FewShotTextClassifier(tiny_bert, "setfit", max_length=MAX_LEN, num_iterations=3, batch_size=8, steps=4)
+    capped = FewShotTextClassifier(tiny_bert, "setfit", max_length=MAX_LEN, steps=4, **paper)
     assert capped.fit(texts, labels).fit_info_["steps"] == 4  # steps caps it (SetFit's max_steps)
 
 
@@ -336,7 +337,7 @@ def test_auto_selects_by_cross_validation_on_the_support_set_only(tiny_bert):
         assert len(part) == 4  # 16 texts in 4 folds
 
     support, support_labels = easy_texts(4, seed=14)
-    settings = dict(max_length=MAX_LEN, auto_methods=("head", "setfit"), auto_folds=2, num_iterations=2)
+    settings = dict(max_length=MAX_LEN, auto_methods=("head", "setfit"), auto_folds=2, steps=8)
     clf = FewShotTextClassifier(tiny_bert, "auto", **settings).fit(support, support_labels)
     report = clf.fit_info_["auto"]
     assert report["folds"] == 2 and set(report["cv_accuracy"]) == {"head", "setfit"}
@@ -367,7 +368,13 @@ def test_auto_selects_by_cross_validation_on_the_support_set_only(tiny_bert):
 def test_save_load_round_trip_gives_identical_predictions(fitted, tiny_bert, tmp_path):
     texts, _ = easy_texts(5, seed=11)
     end_to_end = FewShotTextClassifier(
-        tiny_bert, "setfit", max_length=MAX_LEN, num_iterations=2, setfit_head="end_to_end", learning_rate=1e-3
+        tiny_bert,
+        "setfit",
+        max_length=MAX_LEN,
+        setfit_sampling="paper",
+        num_iterations=2,
+        setfit_head="end_to_end",
+        learning_rate=1e-3,
     ).fit(*easy_texts(4, seed=12))
     assert end_to_end.fit_info_["end_to_end_epochs"] == 2.0
     models = {m: fitted(m) for m in METHODS}
@@ -558,7 +565,7 @@ def test_setfit_top_layers_train_only_those_layers_and_match_the_full_model_ther
     z = BertTop(bb.config, 1).apply({"params": {"layer_1": bb.params["layer_1"]}}, hidden, mask)
     enc, variables, _ = bb.encoder()
     np.testing.assert_allclose(np.asarray(z), np.asarray(enc.apply(variables, jnp.asarray(ids))), atol=1e-5)
-    settings = dict(max_length=MAX_LEN, num_iterations=2, learning_rate=1e-3, seed=0)
+    settings = dict(max_length=MAX_LEN, setfit_sampling="paper", num_iterations=2, learning_rate=1e-3, seed=0)
     top = FewShotTextClassifier(tiny_bert, "setfit", train_layers=1, **settings).fit(texts, labels)
     assert top.fit_info_["trained_layers"] == 1
     for name in ("embeddings", "layer_0"):  # the frozen bottom is untouched

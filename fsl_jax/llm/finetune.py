@@ -12,10 +12,9 @@ head       frozen sentence embeddings (mean-pooled, L2-normalised) + multinomial
            ``head_l2``).
 finetune   full fine-tuning of BERT + a linear head on the mean-pooled output, the head initialised by a linear
            probe (LP-FT; ``finetune_init``): one jitted AdamW step with the state donated, dropout on, linear
-           warm-up/decay; early stopping on a held-out part of the support set
-           (``validation_fraction``, at least 2 texts per class, and only when at least 2 per class remain for
-           training): the lowest-validation-loss checkpoint is kept, and training stops after ``patience``
-           evaluations without improvement, never before half of the steps. Otherwise a fixed number of steps.
+           warm-up/decay, layer-wise learning-rate decay (``layer_decay``), 15 epochs over the whole support set.
+           Options: early stopping on a held-out part of the support set (``early_stopping=True``), a
+           weight-space average with the starting point (``wise``, WiSE-FT).
 setfit     SetFit (Tunstall et al., 2022): contrastive fine-tuning of the encoder on (same class / different
            class) pairs with sentence-transformers' CosineSimilarityLoss (``setfit_loss="cosine"``) or a margin
            ContrastiveLoss (``"contrastive"``), then the ``head`` method on the tuned embeddings
@@ -128,10 +127,10 @@ class FewShotTextClassifier:
       method: ``"head"``, ``"finetune"``, ``"setfit"``, ``"protonet"``, ``"anil"`` or ``"auto"``.
       seed: seed of every random choice (splits, batches, pairs, dropout, augmentation).
       max_length: tokens per text (truncation / padding); fixed so that nothing recompiles.
-      steps: optimisation steps of ``finetune`` / ``setfit`` (default: ``finetune`` from ``epochs``; ``setfit``
-        one pass over its pairs, ``steps`` then caps it; ``setfit_sampling="random"`` 40).
-      epochs: passes over the support set, an alternative to ``steps`` (``finetune`` default 20).
-      learning_rate: peak learning rate of the encoder (``finetune`` 1e-4, ``setfit`` 2e-5; meta-training of
+      steps: optimisation steps of ``finetune`` / ``setfit`` (default: ``finetune`` from ``epochs``; ``setfit`` 40,
+        or with ``setfit_sampling="paper"`` one pass over its pairs, which ``steps`` then caps).
+      epochs: passes over the support set, an alternative to ``steps`` (``finetune`` default 15).
+      learning_rate: peak learning rate of the encoder (``finetune`` 5e-5, ``setfit`` 2e-5; meta-training of
         ``protonet`` / ``anil`` 2e-5).
       batch_size: texts per ``finetune`` step, pairs per ``setfit`` step.
       augment: optional ``(texts, labels, rng) -> (texts, labels)`` applied to the support set in :meth:`fit`
@@ -142,8 +141,8 @@ class FewShotTextClassifier:
       head_steps: full-batch steps of the logistic regression (default 300).
       head_l2: L2 penalty of the logistic regression on the mean loss (default 1e-3).
       validation_fraction: ``finetune`` early stopping: part of each class held out (at least 2 texts).
-      early_stopping: enable ``finetune``'s early stopping (used only when every class keeps >= 2 texts for
-        training after holding >= 2 out).
+      early_stopping: enable ``finetune``'s early stopping (default off: every support text trains; used only when
+        every class keeps >= 2 texts for training after holding >= 2 out).
       patience: evaluations without a lower validation loss before stopping (not before half of the steps).
       finetune_init: ``"probe"`` (LP-FT, Kumar et al. 2022: the head starts from the logistic regression on the
         frozen, normalised embeddings of the training part, and that starting point is itself a validation
@@ -152,16 +151,17 @@ class FewShotTextClassifier:
       setfit_loss: ``"cosine"`` (CosineSimilarityLoss, MSE between cosine similarity and 1 / 0) or
         ``"contrastive"`` (margin loss on the cosine distance).
       margin: the ``"contrastive"`` margin.
-      setfit_sampling: ``"paper"`` (SetFit's pair generation: ``num_iterations`` rounds of one positive and one
-        negative pair per support text, one epoch) or ``"random"`` (``steps`` steps of pairs drawn on the device).
+      setfit_sampling: ``"random"`` (``steps`` steps of pairs drawn on the device, default 40) or ``"paper"``
+        (SetFit's pair generation: ``num_iterations`` rounds of one positive and one negative pair per support text,
+        one epoch).
       num_iterations: ``setfit`` rounds of pair generation (default 20, SetFit's).
       setfit_head: ``"logistic"`` (logistic regression on the tuned embeddings) or ``"end_to_end"`` (that head and
         the encoder then trained together on the cross-entropy for ``setfit_head_epochs`` epochs).
       setfit_head_epochs: epochs of the ``"end_to_end"`` head training.
       train_layers: ``setfit``'s contrastive stage trains only the top ``train_layers`` layers of the encoder (the
         frozen bottom runs once on the support set; ``None``: every layer, as in SetFit).
-      layer_decay: ``finetune``'s layer-wise learning-rate decay (1 = none; layer ``i`` of ``L`` trains at
-        ``learning_rate * layer_decay ** (L - i)``).
+      layer_decay: ``finetune``'s layer-wise learning-rate decay (default 0.8; 1 = none; layer ``i`` of ``L``
+        trains at ``learning_rate * layer_decay ** (L - i)``).
       warmup_fraction: ``finetune``'s share of the steps spent warming the learning rates up from 0.
       wise: ``finetune``'s weight-space average (WiSE-FT): the fitted weights are ``wise * fine-tuned + (1 - wise) *
         start`` (1: the fine-tuned weights; with ``finetune_init="probe"`` the start is the pretrained encoder and
@@ -223,13 +223,13 @@ class FewShotTextClassifier:
         head_steps: int = 300,
         head_l2: float = 1e-3,
         validation_fraction: float = 0.2,
-        early_stopping: bool = True,
+        early_stopping: bool = False,
         patience: int = 5,
         finetune_init: str = "probe",
         eval_every: int | None = None,
         setfit_loss: str = "cosine",
         margin: float = 0.5,
-        setfit_sampling: str = "paper",
+        setfit_sampling: str = "random",
         num_iterations: int = setfit.NUM_ITERATIONS,
         setfit_head: str = "logistic",
         setfit_head_epochs: float = 2.0,
