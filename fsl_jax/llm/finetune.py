@@ -30,7 +30,7 @@ anil       ANIL (:func:`fsl_jax.anil`, ``remat=True``) over :class:`~fsl_jax.llm
            text episodes drawn from the support set (or from ``fit(..., meta_texts=, meta_labels=)``, texts of
            other classes), then the head is adapted on the whole support set with the same inner loop
            (``inner_steps`` SGD steps at ``inner_lr``). Kept cheap: few meta-steps, ``meta_batch=2``.
-auto       picks one of ``auto_methods`` (default head, setfit, finetune) by stratified ``auto_folds``-fold
+auto       picks one of ``auto_methods`` (default head, finetune, setfit) by stratified ``auto_folds``-fold
            cross-validation on the support set alone, keeping the whole fit within ``time_budget`` seconds by
            projection, and refits the winner on the whole support set (``fit_info_["auto"]`` holds the scores).
 ========== ==================================================================================================

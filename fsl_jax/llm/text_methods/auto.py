@@ -1,9 +1,9 @@
 """``method="auto"``: picks a method by cross-validation on the support set alone, within a time budget.
 
-The candidates (``auto_methods``, default ``("head", "setfit", "finetune")``) are tried in that order. Each is scored by
-stratified ``auto_folds``-fold cross-validation *on the support set*: every fold fits the candidate (with the
-classifier's other settings) on the other folds and predicts the held-out one, so every support text is predicted once
-by a model that never saw it. The candidate with the highest cross-validated accuracy wins (ties: the lower
+The candidates (``auto_methods``, default ``("head", "finetune", "setfit")``, cheapest first) are tried in that
+order. Each is scored by stratified ``auto_folds``-fold cross-validation *on the support set*: every fold fits the
+candidate (with the classifier's other settings) on the other folds and predicts the held-out one, so every support
+text is predicted once by a model that never saw it. The candidate with the highest cross-validated accuracy wins (ties: the lower
 cross-validated cross-entropy, then the earlier candidate), and is fitted again on the whole support set. Nothing but
 the support texts and labels passed to ``fit`` is read.
 
@@ -32,7 +32,7 @@ import numpy as np
 if TYPE_CHECKING:
     from fsl_jax.llm.finetune import FewShotTextClassifier
 
-DEFAULT_METHODS = ("head", "setfit", "finetune")
+DEFAULT_METHODS = ("head", "finetune", "setfit")
 
 
 def stratified_folds(y: np.ndarray, folds: int, rng: np.random.Generator) -> list[np.ndarray]:
