@@ -606,3 +606,51 @@ def test_finetune_wise_averages_the_fine_tuned_and_starting_weights(tiny_bert):
     assert half.fit_info_["wise"] == 0.5 and "wise" not in tuned.fit_info_
     with pytest.raises(ValueError, match="wise must be in \\[0, 1\\], got 1.5"):
         FewShotTextClassifier(tiny_bert, "finetune", wise=1.5)
+
+
+def test_text_corpora_protocol_rule_and_paired_summary():
+    """The default-choosing rule of benchmarks/text_corpora.py on made-up dev records: a configuration that loses more
+    than 1 point on a corpus is not eligible, ties within 0.5 points go to the cheaper one, leave-one-corpus-out
+    re-applies the rule without the left-out corpus, and differences to head are paired per draw."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "text_corpora.py")
+    spec = importlib.util.spec_from_file_location("text_corpora", path)
+    tc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tc)
+    base = {"a": 0.50, "b": 0.60, "c": 0.70}
+    gains = {  # config -> per-corpus gain over head, and fit seconds
+        "big": ({"a": 0.20, "b": 0.10, "c": -0.05}, 100.0),  # best mean, but -5 points on c
+        "safe": ({"a": 0.030, "b": 0.03, "c": 0.00}, 50.0),
+        "safe-cheap": ({"a": 0.027, "b": 0.03, "c": 0.00}, 10.0),  # within 0.5 points of "safe": tied, cheaper
+    }
+    records = []
+    for d in range(2):
+        noise = 0.01 * d  # the same shift for every method in a draw: paired differences remove it
+        for corpus, acc in base.items():
+            records.append(
+                dict(split="dev", corpus=corpus, shots=8, draw=d, config="head", accuracy=acc + noise, fit_seconds=1.0)
+            )
+            for config, (gain, seconds) in gains.items():
+                records.append(
+                    dict(
+                        split="dev",
+                        corpus=corpus,
+                        shots=8,
+                        draw=d,
+                        config=config,
+                        accuracy=acc + noise + gain[corpus],
+                        fit_seconds=seconds,
+                    )
+                )
+    rows = {(r["corpus"], r["config"]): r for r in tc.summarise(records, "dev")}
+    assert rows[("c", "big")]["diff_to_head_mean"] == pytest.approx(-0.05)
+    assert rows[("c", "big")]["diff_to_head_ci95"] == pytest.approx(0.0, abs=1e-9)  # paired: the draw shift cancels
+    assert rows[("a", "head")]["accuracy_ci95"] > 0  # unpaired accuracies do vary over draws
+    out = tc.select(records, {"family": list(gains)})["family"]
+    assert out["chosen_default"] == "safe-cheap"
+    # left out c, "big" is eligible on a and b and wins by far; left out a or b, it is not (it loses 5 points on c)
+    assert out["leave_one_corpus_out"]["c"] == {"chosen": "big", "left_out_diff": pytest.approx(-0.05)}
+    assert out["leave_one_corpus_out"]["a"]["chosen"] == "safe-cheap"
+    assert out["loco_worst_left_out_diff"] == pytest.approx(-0.05)
