@@ -152,7 +152,7 @@ class BertTop(nn.Module):
 def _bottom_fn(config: BertConfig, first: int) -> Any:
     bert = Bert(config, add_pooling_layer=False)
 
-    def run(params, ids, mask):
+    def run(params: Any, ids: Array, mask: Array) -> Array:
         out: Any = bert.apply({"params": params}, ids, mask)
         return out.hidden_states[first]
 
