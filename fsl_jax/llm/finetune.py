@@ -40,8 +40,8 @@ of the *pretrained* encoder are cached per text in memory (``cache_embeddings``)
 ``protonet`` cheap to refit on new draws.
 
 Each method lives in its own module of :mod:`fsl_jax.llm.text_methods` (``head``, ``finetune``, ``setfit``,
-``episodic`` for ``protonet`` and ``anil``, ``auto``; the shared prediction path in ``common``), which documents it in full;
-this module holds the classifier: argument checks, ``fit`` (input checks, augmentation, dispatch), prediction and
+``episodic`` for ``protonet`` and ``anil``, ``auto``; the shared prediction path in ``common``), which documents it in
+full; this module holds the classifier: argument checks, ``fit`` (input checks, augmentation, dispatch), prediction and
 persistence.
 
 Example:

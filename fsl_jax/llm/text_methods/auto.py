@@ -1,11 +1,11 @@
 """``method="auto"``: picks a method by cross-validation on the support set alone, within a time budget.
 
-The candidates (``auto_methods``, default ``("head", "finetune", "setfit")``, cheapest first) are tried in that
-order. Each is scored by stratified ``auto_folds``-fold cross-validation *on the support set*: every fold fits the
-candidate (with the classifier's other settings) on the other folds and predicts the held-out one, so every support
-text is predicted once by a model that never saw it. The candidate with the highest cross-validated accuracy wins (ties: the lower
-cross-validated cross-entropy, then the earlier candidate), and is fitted again on the whole support set. Nothing but
-the support texts and labels passed to ``fit`` is read.
+The candidates (``auto_methods``, default ``("head", "finetune", "setfit")``, cheapest first) are tried in that order.
+Each is scored by stratified ``auto_folds``-fold cross-validation *on the support set*: every fold fits the candidate
+(with the classifier's other settings) on the other folds and predicts the held-out one, so every support text is
+predicted once by a model that never saw it. The candidate with the highest cross-validated accuracy wins (ties: the
+lower cross-validated cross-entropy, then the earlier candidate), and is fitted again on the whole support set.
+Nothing but the support texts and labels passed to ``fit`` is read.
 
 Time budget (``time_budget`` seconds, ``None`` = no limit): the whole ``fit`` (cross-validation and the final fit)
 is kept within it by projection. After a candidate's first fold its cost is known; the candidate is dropped (and the

@@ -12,18 +12,18 @@ Weight-space averaging (``wise < 1``; WiSE-FT, Wortsman et al., 2022, "Robust fi
 the returned weights are ``wise * fine-tuned + (1 - wise) * start`` for BERT and the head alike (the start is the
 pretrained encoder with the probe's head), which keeps part of the pretrained features' robustness.
 
-Early stopping (off by default: with 8 texts per class a held-out part is too small to select on, and every text
-is better spent on training; measured in the README): when ``early_stopping`` and every class has enough texts, ``validation_fraction`` of each class (at
-least 2 texts, and only when at least 2 per class remain for training) is held out; every ``eval_every`` steps (default:
-one epoch) the validation loss is measured, the checkpoint with the lowest one is kept (the probe itself is the first
-candidate), and training stops after ``patience`` evaluations without improvement, never before half of the steps.
-Otherwise a fixed number of steps runs.
+Early stopping (off by default: with 8 texts per class a held-out part is too small to select on, and every text is
+better spent on training; measured in the README): when ``early_stopping`` and every class has enough texts,
+``validation_fraction`` of each class (at least 2 texts, and only when at least 2 per class remain for training) is
+held out; every ``eval_every`` steps (default: one epoch) the validation loss is measured, the checkpoint with the
+lowest one is kept (the probe itself is the first candidate), and training stops after ``patience`` evaluations
+without improvement, never before half of the steps. Otherwise a fixed number of steps runs.
 
 Hyperparameters (arguments of :class:`~fsl_jax.llm.finetune.FewShotTextClassifier`): ``learning_rate`` (BERT's peak,
 default 5e-5), ``layer_decay`` (default 0.8: layer ``i`` of ``L`` trains at ``learning_rate * 0.8 ** (L - i)``),
-``head_learning_rate`` (the head's peak, default 1e-3), ``steps`` or ``epochs`` (default 15 epochs),
-``batch_size``, ``weight_decay``, ``dropout``, ``finetune_init``, ``layer_decay``, ``warmup_fraction``, ``wise``, ``early_stopping``, ``validation_fraction``,
-``patience``, ``eval_every``; the probe uses ``head_steps`` and ``head_l2``.
+``head_learning_rate`` (the head's peak, default 1e-3), ``steps`` or ``epochs`` (default 15 epochs), ``batch_size``,
+``weight_decay``, ``dropout``, ``finetune_init``, ``layer_decay``, ``warmup_fraction``, ``wise``, ``early_stopping``,
+``validation_fraction``, ``patience``, ``eval_every``; the probe uses ``head_steps`` and ``head_l2``.
 """
 
 from __future__ import annotations
@@ -103,6 +103,12 @@ def finetune_fns(
     return tx, jax.jit(step, donate_argnums=(0,)), jax.jit(evaluate)
 
 
+def batch_stream(rng: np.random.Generator, rows: np.ndarray, steps: int, batch: int) -> np.ndarray:
+    """Enough shuffled passes over ``rows`` for ``steps`` batches of ``batch``, concatenated; batch ``i`` is
+    ``stream[i * batch : (i + 1) * batch]``."""
+    return np.concatenate([rng.permutation(rows) for _ in range(-(-steps * batch // len(rows)) + 1)])
+
+
 def validation_split(
     clf: FewShotTextClassifier, y: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -158,7 +164,7 @@ def fit_finetune(clf: FewShotTextClassifier, texts: list[str], y: np.ndarray) ->
     val = (jnp.asarray(ids[val_idx]), jnp.asarray(y[val_idx])) if val_idx is not None else None
     eval_every = clf.eval_every or max(1, math.ceil(len(train_idx) / batch))
     key = jax.random.key(clf.seed)
-    stream = np.concatenate([rng.permutation(train_idx) for _ in range(-(-steps * batch // len(train_idx)) + 1)])
+    stream = batch_stream(rng, train_idx, steps, batch)
     # The checkpoint with the lowest validation loss is kept (a few held-out texts make accuracy too coarse to
     # select on: it once stopped a run at step 16 of 38 while the loss was still falling fast); no stopping
     # before half of the schedule.
@@ -226,7 +232,7 @@ def train_end_to_end(
     params = {"bert": copy_tree(bert), "head": {"kernel": jnp.array(head["kernel"]), "bias": jnp.array(head["bias"])}}
     state = (params, tx.init(params))
     ids_dev, y_dev = jnp.asarray(ids), jnp.asarray(y)
-    stream = np.concatenate([rng.permutation(len(y)) for _ in range(-(-steps * batch // len(y)) + 1)])
+    stream = batch_stream(rng, np.arange(len(y)), steps, batch)
     key = jax.random.fold_in(jax.random.key(clf.seed), 7)
     for i in progress(range(steps), desc="end-to-end", disable=not clf.progress, leave=False):
         idx = jnp.asarray(stream[i * batch : (i + 1) * batch])

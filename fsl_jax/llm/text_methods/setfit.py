@@ -26,14 +26,15 @@ regression on the tuned, frozen embeddings) or ``"end_to_end"`` (SetFit's differ
 logistic head is then trained together with the encoder on the cross-entropy for ``setfit_head_epochs`` epochs, the
 encoder at ``learning_rate`` and the head at 1e-3).
 
-``train_layers=k`` trains only the top ``k`` layers in the contrastive stage (:class:`~fsl_jax.llm.text_models.BertTop`):
-the frozen bottom runs once over the support set (:func:`~fsl_jax.llm.text_models.bottom_hidden`) and each step
-runs only the top layers, about ``k / num_layers`` of the cost.
+``train_layers=k`` trains only the top ``k`` layers in the contrastive stage
+(:class:`~fsl_jax.llm.text_models.BertTop`): the frozen bottom runs once over the support set
+(:func:`~fsl_jax.llm.text_models.bottom_hidden`) and each step runs only the top layers, about ``k / num_layers`` of
+the cost.
 
-Hyperparameters (arguments of :class:`~fsl_jax.llm.finetune.FewShotTextClassifier`): ``num_iterations`` (default
-20, SetFit's), ``train_layers``, ``setfit_sampling``, ``steps`` or ``epochs``, ``learning_rate`` (peak, default 2e-5), ``batch_size``
-(pairs per step, default 16), ``setfit_loss``, ``margin``, ``weight_decay``, ``dropout``, ``setfit_head``; the
-logistic head: ``head_steps``, ``head_learning_rate``, ``head_l2``.
+Hyperparameters (arguments of :class:`~fsl_jax.llm.finetune.FewShotTextClassifier`): ``num_iterations`` (default 20,
+SetFit's), ``train_layers``, ``setfit_sampling``, ``steps`` or ``epochs``, ``learning_rate`` (peak, default 2e-5),
+``batch_size`` (pairs per step, default 16), ``setfit_loss``, ``margin``, ``weight_decay``, ``dropout``,
+``setfit_head``; the logistic head: ``head_steps``, ``head_learning_rate``, ``head_l2``.
 """
 
 from __future__ import annotations
@@ -211,6 +212,30 @@ def pair_loss_fn(encoder: BertEncoder | BertTop, loss: str, margin: float, dropo
     return pair_loss
 
 
+def pair_update(
+    encoder: BertEncoder | BertTop,
+    learning_rate: float,
+    weight_decay: float,
+    steps: int,
+    loss: str,
+    margin: float,
+    dropout: bool,
+) -> tuple[optax.GradientTransformation, Any]:
+    """``(optimizer, update)``: AdamW over ``steps`` and the (unjitted) ``update((params, opt_state), data, a, b,
+    target, key) -> (state, loss)`` that takes one step on the pair loss of :func:`pair_loss_fn`; both samplings'
+    steps are built on it."""
+    tx = adamw(learning_rate, steps, weight_decay)
+    pair_loss = pair_loss_fn(encoder, loss, margin, dropout)
+
+    def update(state, data, a, b, target, key):
+        params, opt_state = state
+        value, grads = jax.value_and_grad(pair_loss)(params, data, a, b, target, key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), value
+
+    return tx, update
+
+
 @functools.lru_cache(maxsize=8)
 def setfit_fns(
     encoder: BertEncoder | BertTop,
@@ -226,16 +251,12 @@ def setfit_fns(
     codes, order, rank, starts, counts, key) -> (state, loss)`` (state donated), that draws ``num_pairs`` pairs and
     takes one AdamW step on the pair ``loss`` (``"cosine"`` or ``"contrastive"`` with ``margin``); cached per
     configuration."""
-    tx = adamw(learning_rate, steps, weight_decay)
-    pair_loss = pair_loss_fn(encoder, loss, margin, dropout)
+    tx, pair_step = pair_update(encoder, learning_rate, weight_decay, steps, loss, margin, dropout)
 
     def step(state, ids_all, codes, order, rank, starts, counts, key):
-        params, opt_state = state
         k_pairs, k_drop = jax.random.split(key)
         a, b, target = sample_pairs(k_pairs, codes, order, rank, starts, counts, num_pairs)
-        value, grads = jax.value_and_grad(pair_loss)(params, ids_all, a, b, target, k_drop)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), value
+        return pair_step(state, ids_all, a, b, target, k_drop)
 
     return tx, jax.jit(step, donate_argnums=(0,))
 
@@ -253,14 +274,7 @@ def setfit_pair_fns(
     """``(optimizer, step)``: the jitted SetFit step of ``setfit_sampling="paper"``, ``step((params, opt_state), ids,
     anchor, partner, target, key) -> (state, loss)`` (state donated) on one batch of given pairs; cached per
     configuration."""
-    tx = adamw(learning_rate, steps, weight_decay)
-    pair_loss = pair_loss_fn(encoder, loss, margin, dropout)
-
-    def step(state, ids_all, a, b, target, key):
-        params, opt_state = state
-        value, grads = jax.value_and_grad(pair_loss)(params, ids_all, a, b, target, key)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), value
+    tx, step = pair_update(encoder, learning_rate, weight_decay, steps, loss, margin, dropout)
 
     return tx, jax.jit(step, donate_argnums=(0,))
 
