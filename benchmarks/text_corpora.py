@@ -18,7 +18,7 @@ their first 64 tokens (the headline and first sentences).
 
 Protocol
 --------
-*Test split.* One fixed test set of ``--test-per-class`` texts per class per corpus (``test_seed=0``); draw ``d`` of
+*Test split.* One fixed test set of ``TEST_PER_CLASS`` (40) texts per class per corpus (``test_seed=0``); draw ``d`` of
 the support set (``d = 0..draws-1``) takes K texts per class from the rest with seed ``d + 1``. Every method sees the
 same support set in a draw, so its difference to ``head`` is paired. Reported: mean accuracy +- 95 % CI (normal
 approximation) over draws, the mean paired difference to ``head`` +- its 95 % CI, and the mean fit time.

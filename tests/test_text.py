@@ -585,6 +585,13 @@ def test_setfit_top_layers_train_only_those_layers_and_match_the_full_model_ther
     )
     with pytest.raises(ValueError, match="train_layers must be at most the backbone's 2 layers, got 3"):
         FewShotTextClassifier(tiny_bert, "setfit", train_layers=3, **settings).fit(texts, labels)
+    for first in (2, -1, 1.0, True):  # the split point must be a layer of the encoder
+        with pytest.raises(ValueError, match=rf"first must be a layer index in \[0, 1\] .*got {first!r}"):
+            bottom_hidden(bb.config, bb.pad_token_id, bb.params, ids, first)
+        with pytest.raises(ValueError, match=rf"first must be a layer index in \[0, 1\] .*got {first!r}"):
+            BertTop(bb.config, first).apply({"params": {}}, hidden, mask)
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        bottom_hidden(bb.config, bb.pad_token_id, bb.params, ids, 1, batch_size=0)
 
 
 def test_finetune_wise_averages_the_fine_tuned_and_starting_weights(tiny_bert):

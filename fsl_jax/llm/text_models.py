@@ -140,12 +140,19 @@ class BertTop(nn.Module):
     @nn.compact
     def __call__(self, hidden: Array, mask: Array, deterministic: bool = True) -> Array:
         cfg = self.config
+        _check_first(self.first, cfg)
         bias = attention_bias(mask[:, None, None, :].astype(bool), hidden.dtype)
         x = hidden
         for i in range(self.first, cfg.num_hidden_layers):
             x = BertLayer(cfg, name=f"layer_{i}")(x, bias, deterministic)
         z = mean_pool(x, mask)
         return l2_normalize(z) if self.normalize else z
+
+
+def _check_first(first: Any, config: BertConfig) -> None:
+    n = config.num_hidden_layers
+    if not _validate.is_int(first) or not 0 <= first < n:
+        raise ValueError(f"first must be a layer index in [0, {n - 1}] (the encoder has {n} layers), got {first!r}")
 
 
 @functools.lru_cache(maxsize=8)
@@ -164,6 +171,8 @@ def bottom_hidden(
 ) -> tuple[Array, Array]:
     """``(hidden [n, seq, dim], mask [n, seq])``: the hidden states of ``ids`` entering layer ``first`` of BERT (no
     dropout), computed in batches of ``batch_size`` (the last one padded), and the non-padding mask."""
+    _check_first(first, config)
+    batch_size = _validate.positive_int("batch_size", batch_size)
     ids = jnp.asarray(ids).astype(jnp.int32)
     mask = (ids != pad_token_id).astype(jnp.int32)
     fn = _bottom_fn(config, first)
